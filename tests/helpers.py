@@ -1,0 +1,149 @@
+"""Test fixtures as files: tiny CLIP configs, checkpoints in real formats, CIFAR-format data."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+CIFAR100_CLASSES = (  # noqa: SIM905 (one string reads better than 100 quoted names)
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel "
+    "can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
+    "dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
+    "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree "
+    "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
+    "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
+    "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
+    "worm"
+).split()
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+TINY_VIT = {
+    "embed_dim": 16,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def write_config(directory: Path, name: str = "clipzs-tiny-vit", config: dict | None = None) -> Path:
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(config or TINY_VIT))
+    return path
+
+
+def random_state_dict(config_path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A randomly initialised model's weights, with logit_scale set as OpenAI's (100 after exp)."""
+    open_clip.add_model_config(str(config_path))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(config_path.stem)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))
+    return model.state_dict()
+
+
+class _OpenAIStyle(torch.nn.Module):
+    """Holds tensors under OpenAI's key names plus the extra buffers OpenAI's archives carry."""
+
+    def __init__(self, state: dict[str, torch.Tensor], image_size: int):
+        super().__init__()
+        for key, value in state.items():
+            module = self
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not hasattr(module, part):
+                    module.add_module(part, torch.nn.Module())
+                module = getattr(module, part)
+            module.register_buffer(leaf, value.clone())
+        self.register_buffer("input_resolution", torch.tensor(image_size))
+        self.register_buffer("context_length", torch.tensor(77))
+        self.register_buffer("vocab_size", torch.tensor(49408))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.logit_scale
+
+
+def save_torchscript_fp16(state: dict[str, torch.Tensor], path: Path, image_size: int = 64) -> Path:
+    """A TorchScript archive with fp16 weights, as OpenAI ships its `.pt` checkpoints."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.jit.script(_OpenAIStyle(half, image_size)).save(str(path))
+    return path
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def cifar_pixels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """[N, 3072] uint8 images whose colour and pattern depend on the label, so classes differ."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    base = np.stack([labels * 37 % 256, labels * 91 % 256, labels * 151 % 256], axis=1)[:, :, None, None]
+    noise = rng.integers(0, 64, size=(n, 3, 32, 32))
+    stripes = ((np.arange(32)[None, :] + labels[:, None]) % 8 < 4)[:, None, None, :] * 60
+    return np.clip(base + noise + stripes, 0, 255).astype(np.uint8).reshape(n, 3072)
+
+
+def write_cifar100(root: Path, n_test: int = 40, n_train: int = 60, seed: int = 0) -> Path:
+    """root/cifar-100-python/{train,test,meta} in the official pickle layout."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("test", n_test), ("train", n_train)):
+        fine = rng.integers(0, 100, size=n)
+        batch = {
+            "filenames": [f"{split}_{i}.png" for i in range(n)],
+            "batch_label": f"{split} batch",
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+            "data": cifar_pixels(fine, seed + n),
+        }
+        with open(folder / split, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(
+            {"fine_label_names": list(CIFAR100_CLASSES), "coarse_label_names": [f"super{i}" for i in range(20)]},
+            f,
+            protocol=2,
+        )
+    return folder
+
+
+def write_cifar10(root: Path, n_per_batch: int = 8, seed: int = 0) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        labels = rng.integers(0, 10, size=n_per_batch)
+        with open(folder / name, "wb") as f:
+            pickle.dump(
+                {
+                    "labels": labels.tolist(),
+                    "data": cifar_pixels(labels, seed + i),
+                    "filenames": [f"{name}_{j}.png" for j in range(n_per_batch)],
+                },
+                f,
+                protocol=2,
+            )
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": n_per_batch}, f, protocol=2)
+    return folder
+
+
+def tar_folder(folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
