@@ -38,12 +38,20 @@ def write_config(directory: Path, name: str = "clipzs-tiny-vit", config: dict | 
 
 
 def random_state_dict(config_path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A randomly initialised model's weights, with logit_scale set as OpenAI's (100 after exp)."""
+    """A randomly initialised model's weights, with logit_scale set as OpenAI's (100 after exp).
+
+    The image tower's class and position embeddings are zeroed so that its output depends on the image
+    content alone: plain random weights map every image to almost the same feature (one predicted class
+    for all), which would make prediction-level tests weak.
+    """
     open_clip.add_model_config(str(config_path))
     torch.manual_seed(seed)
     model = open_clip.create_model(config_path.stem)
     with torch.no_grad():
         model.logit_scale.fill_(np.log(100.0))
+        if hasattr(model.visual, "class_embedding"):
+            model.visual.class_embedding.zero_()
+            model.visual.positional_embedding.zero_()
     return model.state_dict()
 
 

@@ -24,20 +24,28 @@ def default_batch_size(device: torch.device) -> int:
 
 def summarize(
     features: Features, methods: Sequence[str], subsets: Sequence[tuple[int, ...]], num_classes: int
-) -> tuple[list[dict], list[dict]]:
-    """Metrics of every single template and of every (method, subset) ensemble: pure tensor maths."""
+) -> tuple[list[dict], list[dict], dict]:
+    """Metrics of every single template and of every (method, subset) ensemble, and the predictions [N] of
+    the ensemble with the best top-1 (first on ties): pure tensor maths."""
     all_scores = scores(features.image, features.text, features.logit_scale)
     single = []
     for t in range(all_scores.shape[1]):
         logits = all_scores[:, t]
         single.append(classification_metrics(logits.argmax(dim=1), logits, features.labels, num_classes))
-    ensembles = []
+    ensembles, best = [], None
     for method in methods:
         for subset in subsets:
             result = combine(method, all_scores, features.text, subset)
             metrics = classification_metrics(result.pred, result.scores, features.labels, num_classes)
             ensembles.append({"method": method, "templates": list(subset), **metrics})
-    return single, ensembles
+            if best is None or metrics["acc1"] > best["acc1"]:
+                best = {
+                    "method": method,
+                    "templates": list(subset),
+                    "acc1": metrics["acc1"],
+                    "pred": result.pred.tolist(),
+                }
+    return single, ensembles, best
 
 
 def evaluate(
@@ -89,13 +97,15 @@ def evaluate(
     t = lap("images", t)
 
     features = Features(image=image, text=text, labels=torch.from_numpy(images.labels), logit_scale=clip.logit_scale)
-    single, ensembles = summarize(features, methods, subsets, len(names))
+    single, ensembles, best = summarize(features, methods, subsets, len(names))
     lap("ensembles", t)
     seconds["total"] = round(time.perf_counter() - start, 3)
     return {
         "clipzs_version": __version__,
         "dataset": images.name,
+        "data_root": str(data_root) if data_root else None,
         "split": images.split,
+        "limit": limit,
         "num_images": len(images),
         "model": clip.name,
         "pretrained": clip.pretrained,
@@ -108,5 +118,7 @@ def evaluate(
         "methods": methods,
         "single": [{"template": tpl, **m} for tpl, m in zip(template_list, single, strict=True)],
         "ensembles": ensembles,
+        "best": best,
+        "labels": images.labels.tolist(),
         "seconds": seconds,
     }
