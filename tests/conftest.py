@@ -25,3 +25,9 @@ def cifar_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     helpers.write_cifar100(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_state) -> Path:
+    """The tiny model as OpenAI ships checkpoints: a TorchScript archive with fp16 weights."""
+    return helpers.save_torchscript_fp16(tiny_state, tmp_path_factory.mktemp("ckpt") / "tiny.pt")

@@ -1,0 +1,129 @@
+import json
+import os
+import subprocess
+import sys
+
+import helpers
+import pytest
+
+from clipzs import datasets, models
+from clipzs.cli import main
+from clipzs.ensemble import METHODS, all_subsets
+
+
+@pytest.fixture
+def eval_args(tiny_config, tiny_checkpoint, cifar_root):
+    return [
+        "eval",
+        "--model",
+        str(tiny_config),
+        "--pretrained",
+        str(tiny_checkpoint),
+        "--data-root",
+        str(cifar_root),
+        "--quiet",
+    ]
+
+
+def test_preset_seed_runs_offline_with_local_files_and_writes_the_full_sweep(eval_args, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main([*eval_args, "--preset", "seed", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["dataset"] == "cifar100" and results["split"] == "test" and results["num_images"] == 40
+    assert results["classnames"] == "raw" and "aquarium_fish" in results["classes"]
+    assert [r["template"] for r in results["single"]] == [
+        "A photo of a {}",
+        "This is a photo of {}",
+        "Wow look at {}!",
+        "What is {}?",
+        "How do you think about {}?",
+    ]
+    assert len(results["ensembles"]) == 31 * 5
+    assert {(e["method"], tuple(e["templates"])) for e in results["ensembles"]} == {
+        (m, s) for m in METHODS for s in all_subsets(5)
+    }
+    for row in results["ensembles"] + results["single"]:
+        assert 0 <= row["acc1"] <= 1 and 0 <= row["mean_per_class_recall"] <= 1
+        assert (row["acc5"] is None) == (row.get("method") in ("vote", "vote-seed"))
+    for key in ("model", "pretrained", "precision", "templates", "seconds"):
+        assert key in results
+    printed = capsys.readouterr().out
+    assert "Wow look at {}!" in printed and "best 5 template subsets" in printed
+
+
+def test_single_templates_agree_with_singleton_ensembles(eval_args, tmp_path):
+    out = tmp_path / "r.json"
+    assert main([*eval_args, "--sweep", "--ensemble", "logit,vote-seed", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    for t, single in enumerate(results["single"]):
+        for e in results["ensembles"]:
+            if e["templates"] == [t]:
+                assert e["acc1"] == single["acc1"]
+
+
+def test_without_sweep_each_method_uses_all_templates(eval_args, tmp_path):
+    out = tmp_path / "r.json"
+    assert main([*eval_args, "--templates", "cifar", "--classnames", "clip", "--limit", "10", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["num_images"] == 10 and "aquarium fish" in results["classes"]
+    assert [e["templates"] for e in results["ensembles"]] == [list(range(18))] * 5
+
+
+def test_console_script_runs_in_a_fresh_process(eval_args, tmp_path):
+    clipzs = os.path.join(os.path.dirname(sys.executable), "clipzs")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [clipzs, *eval_args, "--ensemble", "embedding", "--out", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["ensembles"][0]["method"] == "embedding"
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clipzs: error: "), captured.err
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_errors_with_nonzero_exit(eval_args, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    bad_templates = tmp_path / "t.txt"
+    bad_templates.write_text("a photo of {}\nno placeholder here\n")
+    assert "no placeholder here" in _error(capsys, [*eval_args, "--templates", str(bad_templates)])
+    assert "unknown model 'ViT-Z/1'" in _error(capsys, [*eval_args, "--model", "ViT-Z/1"])
+    assert "unknown ensemble method" in _error(capsys, [*eval_args, "--ensemble", "median"])
+
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    assert "truncated" in _error(capsys, [*eval_args, "--pretrained", str(truncated)])
+
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(f"photo {i} of {{}}" for i in range(13)))
+    assert "limited to 12 templates" in _error(capsys, [*eval_args, "--templates", str(many), "--sweep"])
+
+    url = helpers.refused_url("cifar-100-python.tar.gz")
+    monkeypatch.setitem(
+        datasets.CIFAR, "cifar100", datasets.CifarSpec(**{**vars(datasets.CIFAR["cifar100"]), "url": url})
+    )
+    assert url in _error(capsys, [*eval_args, "--data-root", str(tmp_path / "empty")])
+
+
+def test_missing_openai_weights_fail_fast_with_the_download_error(cifar_root, tmp_path, capsys, monkeypatch):
+    url = helpers.refused_url("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")
+    monkeypatch.setitem(models.OPENAI_MODELS, "ViT-B/32", {**models.OPENAI_MODELS["ViT-B/32"], "url": url})
+    message = _error(capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)])
+    assert url in message and str(tmp_path / "ViT-B-32.pt") in message
+    assert "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af" in message
+
+
+def test_wrong_sha256_in_cache_without_network_says_so(cifar_root, tmp_path, capsys, monkeypatch):
+    url = helpers.refused_url("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")
+    monkeypatch.setitem(models.OPENAI_MODELS, "ViT-B/32", {**models.OPENAI_MODELS["ViT-B/32"], "url": url})
+    (tmp_path / "ViT-B-32.pt").write_bytes(b"partial download")
+    message = _error(capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)])
+    assert "wrong SHA256" in message
