@@ -31,3 +31,10 @@ def cifar_root(tmp_path_factory) -> Path:
 def tiny_checkpoint(tmp_path_factory, tiny_state) -> Path:
     """The tiny model as OpenAI ships checkpoints: a TorchScript archive with fp16 weights."""
     return helpers.save_torchscript_fp16(tiny_state, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(autouse=True)
+def private_caches(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's caches: features and checkpoints go to fresh folders."""
+    monkeypatch.setenv("CLIPZS_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
+    monkeypatch.setenv("CLIPZS_CACHE", str(tmp_path_factory.mktemp("checkpoints")))

@@ -37,8 +37,8 @@ def test_batched_pipeline_reproduces_the_original_per_image_loop(tiny_config, ti
 
     literal = original_loop(clip, images, templates, names)
     all_scores = scores(
-        encode_images(clip, images, batch_size=5, progress=False),
-        encode_prompts(clip, templates, names),
+        encode_images(clip, images, batch_size=5, progress=False).features,
+        encode_prompts(clip, templates, names).features,
         clip.logit_scale,
     )
 

@@ -72,7 +72,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", help="'all' or a comma list of vote-seed,vote,prob,logit,embedding")
     p.add_argument("--sweep", action="store_true", default=None, help="every non-empty template subset (<= 12)")
     p.add_argument("--batch-size", type=_positive_int, help="images per batch (default 64 on CPU, 256 on CUDA)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader processes for image decoding (default 0 on CPU, up to 8 on CUDA)"
+    )
+    p.add_argument(
+        "--feature-cache", help="feature cache folder (default $CLIPZS_FEATURE_CACHE or ~/.cache/clipzs/features)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--limit", type=_positive_int, help="use only the first N images")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cuda when available)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), help="default fp32 on CPU, fp16 on CUDA")
@@ -99,6 +105,8 @@ def run_eval(args: argparse.Namespace) -> int:
         precision=args.precision,
         workers=args.workers,
         limit=args.limit,
+        feature_cache=args.feature_cache,
+        use_cache=not args.no_cache,
         progress=not args.quiet,
     )
     if args.out:

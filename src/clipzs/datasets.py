@@ -5,6 +5,8 @@ Nothing here knows about models: a set is pixels or file paths, integer labels a
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -77,6 +79,18 @@ class ImageSet:
         if self.pixels is not None:
             return Image.fromarray(self.pixels[i])
         return load_rgb(self.paths[i])
+
+    def fingerprint(self) -> str:
+        """SHA256 of what determines the images: the pixel bytes, or each file's path, size and mtime."""
+        digest = hashlib.sha256()
+        if self.pixels is not None:
+            digest.update(repr(self.pixels.shape).encode())
+            digest.update(np.ascontiguousarray(self.pixels).data)
+        else:
+            for path in self.paths:
+                stat = os.stat(path)
+                digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         """The images at `indices`, in that order."""

@@ -7,20 +7,27 @@ change the result, and a 77-token context mostly holds padding (the seed prompts
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .cache import ImageEntry, TextEntry
 from .datasets import ImageSet
 from .models import ClipModel
+from .preprocess import Preprocessing, resize_bicubic_like_pil, split_preprocess
 from .prompts import build_prompts
 
 TEXT_BATCH = 256
+CHUNK = 1024  # images per cache chunk: what an interruption can lose
 
 
 @dataclass(frozen=True)
@@ -65,61 +72,145 @@ def text_forward(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return x @ model.text_projection if model.text_projection is not None else x
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """Features and how many of them were computed now (the rest came from the feature cache)."""
+
+    features: torch.Tensor
+    computed: int
+
+
 @torch.inference_mode()
 def encode_text(
-    clip: ClipModel, prompts: list[str], batch_size: int = TEXT_BATCH, progress: bool = False
-) -> torch.Tensor:
-    """Unit-norm features [P, D] (float32, on CPU) of `prompts`, batched by similar token length."""
-    tokens = clip.tokenizer(prompts)
-    order = torch.argsort(tokens.argmax(dim=-1), stable=True)
-    chunks = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="text", unit="batch", disable=not progress):
-        batch = tokens[order[start : start + batch_size]].to(clip.device)
-        chunks.append(F.normalize(text_forward(clip.model, batch).float(), dim=-1).cpu())
-    features = torch.empty(len(prompts), chunks[0].shape[1])
-    features[order] = torch.cat(chunks)
-    return features
+    clip: ClipModel, prompts: list[str], batch_size: int = TEXT_BATCH, cache: TextEntry | None = None
+) -> Encoded:
+    """Unit-norm features [P, D] (float32, CPU) of `prompts`, batched by similar token length.
+
+    With a cache, only prompts it does not hold are encoded, and those are stored for the next run.
+    """
+    found = cache.lookup(prompts) if cache else {}
+    todo = list(dict.fromkeys(p for p in prompts if p not in found))
+    if todo:
+        tokens = clip.tokenizer(todo)
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+        chunks = []
+        for start in range(0, len(todo), batch_size):
+            batch = tokens[order[start : start + batch_size]].to(clip.device)
+            chunks.append(F.normalize(text_forward(clip.model, batch).float(), dim=-1).cpu())
+        computed = torch.empty(len(todo), chunks[0].shape[1])
+        computed[order] = torch.cat(chunks)
+        if cache:
+            cache.store(todo, computed.numpy())
+        found.update({p: computed[i] for i, p in enumerate(todo)})
+    features = torch.stack([torch.as_tensor(found[p]) for p in prompts]) if prompts else torch.empty(0)
+    return Encoded(features, len(todo))
 
 
 def encode_prompts(
-    clip: ClipModel, templates: list[str], classnames: list[str], progress: bool = False
-) -> torch.Tensor:
+    clip: ClipModel, templates: list[str], classnames: list[str], cache: TextEntry | None = None
+) -> Encoded:
     """Text features [T, C, D] for every template filled with every class name."""
     prompts = [p for row in build_prompts(templates, classnames) for p in row]
-    return encode_text(clip, prompts, progress=progress).view(len(templates), len(classnames), -1)
+    encoded = encode_text(clip, prompts, cache=cache)
+    return Encoded(encoded.features.view(len(templates), len(classnames), -1), encoded.computed)
 
 
-class _Preprocessed(Dataset):
-    def __init__(self, images: ImageSet, transform):
-        self.images, self.transform = images, transform
+class _Pixels(Dataset):
+    """uint8 model-sized pixels [3, S, S] per image, after the PIL steps of the model's preprocessing."""
+
+    def __init__(self, images: ImageSet, preprocessing: Preprocessing):
+        self.images, self.preprocessing = images, preprocessing
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.images.image(i))
+        return torch.from_numpy(self.preprocessing.pixels(self.images.image(i))).permute(2, 0, 1)
+
+
+class _RawPixels(Dataset):
+    """The stored uint8 arrays [H, W, 3] themselves, to be resized on the model's device."""
+
+    def __init__(self, images: ImageSet):
+        self.pixels = images.pixels
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.pixels[i])
+
+
+def resizes_on_device(clip: ClipModel, images: ImageSet, preprocessing: Preprocessing, wanted: bool | None) -> bool:
+    """Whether to upload stored arrays and resize them on the device (default: on CUDA, where it is free).
+
+    Only for square arrays under a Resize(S)+CenterCrop(S) transform, and only after the emulation has
+    given Pillow's bytes for the first images; otherwise it warns and keeps the PIL path.
+    """
+    if wanted is None:
+        wanted = clip.device.type == "cuda"
+    square = images.pixels is not None and images.pixels.shape[1] == images.pixels.shape[2]
+    if not (wanted and square and preprocessing.square):
+        return False
+    sample = images.pixels[:4]
+    pil = np.stack([preprocessing.pixels(Image.fromarray(a)) for a in sample]).transpose(0, 3, 1, 2)
+    if np.array_equal(resize_bicubic_like_pil(torch.from_numpy(sample), preprocessing.square).numpy(), pil):
+        return True
+    warnings.warn("batched resize does not match this Pillow's output; resizing images with PIL instead", stacklevel=2)
+    return False
+
+
+def _batches(ranges: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    return [list(range(s, min(s + batch_size, stop))) for start, stop in ranges for s in range(start, stop, batch_size)]
 
 
 @torch.inference_mode()
 def encode_images(
-    clip: ClipModel, images: ImageSet, batch_size: int = 64, workers: int = 0, progress: bool = True
-) -> torch.Tensor:
-    """Unit-norm features [N, D] (float32, on CPU) of every image, through the model's own preprocessing."""
+    clip: ClipModel,
+    images: ImageSet,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = True,
+    cache: ImageEntry | None = None,
+    resize_on_device: bool | None = None,
+) -> Encoded:
+    """Unit-norm features [N, D] (float32, CPU) of every image, through the model's own preprocessing.
+
+    Images are encoded in chunks of CHUNK; with a cache each finished chunk is stored at once, so an
+    interrupted run resumes from the first chunk it does not hold. `workers` DataLoader processes run
+    the PIL steps (default: none on CPU, where the model already uses every core, or when images are
+    resized on the device; up to 8 to feed a GPU).
+    """
+    preprocessing = split_preprocess(clip.preprocess)
+    ranges = cache.missing() if cache else [(s, min(s + CHUNK, len(images))) for s in range(0, len(images), CHUNK)]
+    todo = sum(stop - start for start, stop in ranges)
+    on_device = resizes_on_device(clip, images, preprocessing, resize_on_device)
+    source = _RawPixels(images) if on_device else _Pixels(images, preprocessing)
+    if workers is None:
+        workers = 0 if on_device or clip.device.type != "cuda" else min(8, max(1, (os.cpu_count() or 2) - 1))
     loader = DataLoader(
-        _Preprocessed(images, clip.preprocess),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=clip.device.type == "cuda",
+        source, batch_sampler=_batches(ranges, batch_size), num_workers=workers, pin_memory=clip.device.type == "cuda"
     )
-    features: torch.Tensor | None = None
-    start = 0
-    with tqdm(total=len(images), desc="images", unit="img", disable=not progress) as bar:
-        for batch in loader:
-            out = clip.model.encode_image(batch.to(clip.device, clip.dtype, non_blocking=True))
-            out = F.normalize(out.float(), dim=-1).cpu()
-            if features is None:
-                features = torch.empty(len(images), out.shape[1])
-            features[start : start + len(out)] = out
-            start += len(out)
-            bar.update(len(out))
-    return features
+    features = None
+    done: list[torch.Tensor] = []
+    pending = iter(ranges)
+    start, stop = next(pending, (0, 0))
+    with tqdm(total=len(images), initial=len(images) - todo, desc="images", unit="img", disable=not progress) as bar:
+        for batch in loader if todo else []:
+            x = batch.to(clip.device, non_blocking=True)
+            if on_device:
+                x = resize_bicubic_like_pil(x, preprocessing.square)
+            out = clip.model.encode_image(preprocessing.normalize(x, clip.dtype))
+            done.append(F.normalize(out.float(), dim=-1).cpu())
+            bar.update(len(batch))
+            if sum(len(d) for d in done) == stop - start:
+                rows = torch.cat(done)
+                if cache:
+                    cache.write(start, rows.numpy())
+                else:
+                    if features is None:
+                        features = torch.empty(len(images), rows.shape[1])
+                    features[start:stop] = rows
+                done = []
+                start, stop = next(pending, (0, 0))
+    return Encoded(torch.from_numpy(cache.load()) if cache else features, todo)

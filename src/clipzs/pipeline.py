@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .cache import FeatureCache
 from .datasets import ImageSet, classnames, load_dataset
-from .encode import Features, encode_images, encode_prompts
+from .encode import CHUNK, Features, encode_images, encode_prompts
 from .ensemble import all_subsets, combine, parse_methods, scores
 from .errors import ClipzsError
 from .metrics import classification_metrics
-from .models import load_model
+from .models import ClipModel, load_model
+from .preprocess import split_preprocess
 from .prompts import load_templates
 
 
@@ -48,6 +50,26 @@ def summarize(
     return single, ensembles, best
 
 
+def feature_keys(clip: ClipModel, images: ImageSet) -> tuple[dict, dict]:
+    """Cache keys: text features depend on the model and its numerics; image features also on the
+    preprocessing and the exact images."""
+    text = {
+        "model": clip.name,
+        "config": clip.config,
+        "checkpoint": clip.checkpoint,
+        "precision": clip.precision,
+        "device": clip.device.type,
+    }
+    image = {
+        **text,
+        "preprocess": split_preprocess(clip.preprocess).description,
+        "dataset": images.name,
+        "split": images.split,
+        "images": images.fingerprint(),
+    }
+    return text, image
+
+
 def evaluate(
     dataset: str = "cifar100",
     data_root: str | Path | None = None,
@@ -62,13 +84,17 @@ def evaluate(
     batch_size: int | None = None,
     device: str | None = None,
     precision: str | None = None,
-    workers: int = 0,
+    workers: int | None = None,
     limit: int | None = None,
+    feature_cache: str | Path | None = None,
+    use_cache: bool = True,
     progress: bool = True,
 ) -> dict:
     """Run one zero-shot evaluation and return the results dict (the schema of `--out results.json`).
 
-    Ensembles are taken over all templates, or over every non-empty subset with `sweep=True`.
+    Ensembles are taken over all templates, or over every non-empty subset with `sweep=True`. Image and
+    text features come from the feature cache when it holds them (`feature_cache` folder, default
+    `$CLIPZS_FEATURE_CACHE` or `~/.cache/clipzs/features`; `use_cache=False` bypasses it).
     """
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -86,17 +112,30 @@ def evaluate(
         if limit < 1:
             raise ClipzsError(f"--limit must be at least 1, got {limit}")
         images = images.subset(range(min(limit, len(images))))
+    if len(images) == 0:
+        raise ClipzsError(f"{images.name}/{images.split} holds no images")
     names = classnames(images.classes, classname_style)
     t = lap("dataset", start)
 
     clip = load_model(model, pretrained, device=device, precision=precision, cache_dir=cache_dir)
     t = lap("load_model", t)
-    text = encode_prompts(clip, template_list, names)
+    cache = FeatureCache(feature_cache) if use_cache else None
+    text_key, image_key = feature_keys(clip, images)
+    text = encode_prompts(clip, template_list, names, cache=cache.texts(text_key) if cache else None)
     t = lap("text", t)
-    image = encode_images(clip, images, batch_size or default_batch_size(clip.device), workers, progress)
+    image = encode_images(
+        clip,
+        images,
+        batch_size=batch_size or default_batch_size(clip.device),
+        workers=workers,
+        progress=progress,
+        cache=cache.images(image_key, len(images), CHUNK) if cache else None,
+    )
     t = lap("images", t)
 
-    features = Features(image=image, text=text, labels=torch.from_numpy(images.labels), logit_scale=clip.logit_scale)
+    features = Features(
+        image=image.features, text=text.features, labels=torch.from_numpy(images.labels), logit_scale=clip.logit_scale
+    )
     single, ensembles, best = summarize(features, methods, subsets, len(names))
     lap("ensembles", t)
     seconds["total"] = round(time.perf_counter() - start, 3)
@@ -120,5 +159,6 @@ def evaluate(
         "ensembles": ensembles,
         "best": best,
         "labels": images.labels.tolist(),
+        "encoded": {"images": image.computed, "prompts": text.computed},
         "seconds": seconds,
     }
