@@ -127,3 +127,30 @@ def test_wrong_sha256_in_cache_without_network_says_so(cifar_root, tmp_path, cap
     (tmp_path / "ViT-B-32.pt").write_bytes(b"partial download")
     message = _error(capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)])
     assert "wrong SHA256" in message
+
+
+def test_eval_report_and_report_command_write_the_same_files(eval_args, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main([*eval_args, "--sweep", "--limit", "12", "--out", str(out), "--report", str(tmp_path / "a")]) == 0
+    assert main(["report", str(out)]) == 0
+    for folder in (tmp_path / "a", tmp_path / "results-report"):
+        names = {p.name for p in folder.iterdir()}
+        assert {"results.json", "results.csv", "summary.md", "report.html"} <= names
+        assert len([n for n in names if n.endswith(".png")]) == 4
+        assert "<img" in (folder / "report.html").read_text() and "example" in (folder / "report.html").read_text()
+    assert "report: " in capsys.readouterr().out
+    assert "cannot read results" in _error(capsys, ["report", str(tmp_path / "missing.json")])
+
+
+def test_templates_and_models_listings(capsys, tmp_path):
+    assert main(["templates", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "seed" in listing and "18 templates" in listing and "80 templates" in listing
+    assert main(["templates", "show", "seed"]) == 0
+    assert "  3  Wow look at {}!" in capsys.readouterr().out
+    (tmp_path / "ViT-B-32.pt").write_bytes(b"x")
+    assert main(["models", "list", "--cache-dir", str(tmp_path)]) == 0
+    rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()}
+    assert rows[("ViT-B/32", "openai")].rstrip().endswith("yes")
+    assert not rows[("RN50", "openai")].rstrip().endswith("yes")
+    assert ("ViT-B-32", "laion2b_s34b_b79k") in rows

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
-from .datasets import CLASSNAME_STYLES, DATASETS
+from .cache import FeatureCache, describe_size
+from .datasets import CLASSNAME_STYLES, DATASETS, ImageSet, load_dataset
 from .errors import ClipzsError
-from .models import PRECISIONS
+from .models import PRECISIONS, available_models
 from .pipeline import evaluate
-from .report import format_summary
+from .prompts import BUILTIN_TEMPLATES, load_templates
+from .report import format_summary, write_report
 
 EVAL_DEFAULTS = {
     "dataset": "cifar100",
@@ -83,6 +86,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cuda when available)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), help="default fp32 on CPU, fp16 on CUDA")
     p.add_argument("--out", type=Path, help="write the results JSON here")
+    p.add_argument("--report", type=Path, metavar="DIR", help="write results.json/.csv, summary.md, plots, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -113,6 +117,72 @@ def run_eval(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(format_summary(results))
+    if args.report:
+        _write_report(results, args.report)
+    return 0
+
+
+def _evaluated_images(results: dict) -> ImageSet | None:
+    """The images a results dict was computed on, for the report's examples; None (with a note) if unreadable."""
+    try:
+        images = load_dataset(results["dataset"], results.get("data_root"), results["split"], download=False)
+    except ClipzsError as e:
+        print(f"clipzs: note: report without example images ({e})", file=sys.stderr)
+        return None
+    return images.subset(range(min(results["num_images"], len(images))))
+
+
+def _write_report(results: dict, out_dir: Path) -> None:
+    written = write_report(results, out_dir, _evaluated_images(results))
+    print(f"report: {written['html']}")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ClipzsError(f"cannot read results {args.results}: {e}") from e
+    _write_report(results, args.out or args.results.with_name(f"{args.results.stem}-report"))
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    cache = FeatureCache(args.feature_cache)
+    if args.action == "clear":
+        freed = cache.clear(model=args.model)
+        print(f"removed {describe_size(freed)} from {cache.root}")
+        return 0
+    entries = [e for e in cache.entries() if args.model in (None, e.key.get("model"))]
+    print(f"{'kind':<7} {'model':<24} {'precision':<9} {'data':<24} {'items':>13} {'size':>10}")
+    for e in entries:
+        data = f"{e.key.get('dataset', '')}/{e.key.get('split', '')}" if e.kind == "images" else "prompts"
+        items = f"{e.items}/{e.total}" if e.total is not None else str(e.items)
+        print(
+            f"{e.kind:<7} {e.key.get('model', '?'):<24} {e.key.get('precision', ''):<9} {data:<24} "
+            f"{items:>13} {describe_size(e.size_bytes):>10}"
+        )
+    print(f"{len(entries)} entries, {describe_size(sum(e.size_bytes for e in entries))} in {cache.root}")
+    return 0
+
+
+def run_templates(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for name in BUILTIN_TEMPLATES:
+            templates = load_templates(name)
+            print(f"{name:<11} {len(templates):>3} templates, e.g. {templates[0]!r}")
+        return 0
+    if not args.name:
+        raise ClipzsError("templates show needs a set name or a template file")
+    for i, template in enumerate(load_templates(args.name), 1):
+        print(f"{i:>3}  {template}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    rows = available_models(args.cache_dir)
+    print(f"{'model':<28} {'pretrained':<36} {'source':<10} cached")
+    for row in rows:
+        print(f"{row['model']:<28} {row['pretrained']:<36} {row['source']:<10} {'yes' if row['cached'] else ''}")
     return 0
 
 
@@ -121,10 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipzs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
+
+    p = sub.add_parser("report", help="write the report (CSV, markdown, plots, HTML) of a results JSON")
+    p.add_argument("results", type=Path, help="a results JSON written by `clipzs eval --out`")
+    p.add_argument("--out", type=Path, metavar="DIR", help="report folder (default <results>-report beside it)")
+
+    p = sub.add_parser("cache", help="list or clear the feature cache")
+    p.add_argument("action", choices=("list", "clear"))
+    p.add_argument("--model", help="only entries of this model (as named to `clipzs eval --model`)")
+    p.add_argument("--feature-cache", help="cache folder (default $CLIPZS_FEATURE_CACHE or ~/.cache/clipzs/features)")
+
+    p = sub.add_parser("templates", help="list the built-in template sets or show one")
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("name", nargs="?", help="set name (seed, cifar, imagenet80) or template file, for show")
+
+    p = sub.add_parser("models", help="list model names and pretrained weights, and which are cached")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--cache-dir", help="OpenAI checkpoint folder (default $CLIPZS_CACHE or ~/.cache/clip)")
     return parser
 
 
-COMMANDS = {"eval": run_eval}
+COMMANDS = {
+    "eval": run_eval,
+    "report": run_report,
+    "cache": run_cache,
+    "templates": run_templates,
+    "models": run_models,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipzs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

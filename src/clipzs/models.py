@@ -109,6 +109,33 @@ def resolve(name: str, pretrained: str | None) -> tuple[str, str]:
     )
 
 
+def available_models(cache_dir: str | Path | None = None) -> list[dict]:
+    """Every model clipzs can name: OpenAI's (with whether its checkpoint is in the cache folder) and
+    open_clip's pretrained (name, tag) pairs (with whether the Hugging Face cache holds their weights)."""
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    rows = [
+        {
+            "model": name,
+            "pretrained": "openai",
+            "source": "openai",
+            "cached": (folder / os.path.basename(entry["url"])).is_file(),
+        }
+        for name, entry in OPENAI_MODELS.items()
+    ]
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        hub = {repo.repo_id for repo in scan_cache_dir().repos}
+    except Exception:  # no hub cache folder yet, or an unreadable one: nothing is cached there
+        hub = set()
+    for name, tag in open_clip.list_pretrained():
+        if tag == "openai":
+            continue
+        repo = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
+        rows.append({"model": name, "pretrained": tag, "source": "open_clip", "cached": bool(repo) and repo in hub})
+    return rows
+
+
 def openai_sha256(name: str) -> str:
     """The SHA256 OpenAI publishes for a checkpoint: the second-to-last segment of its URL."""
     return OPENAI_MODELS[name]["url"].split("/")[-2]

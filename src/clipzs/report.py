@@ -65,6 +65,13 @@ def format_summary(results: dict, best: int = BEST_PER_METHOD) -> str:
                 f"{method:<10} {_pct(row['acc1'])}  {_pct(row['acc5'])}  "
                 f"{_pct(row['mean_per_class_recall'])}  {_subset(row['templates'])}"
             )
+    if "encoded" in results:
+        encoded, prompts = results["encoded"], len(results["templates"]) * len(results["classes"])
+        lines += [
+            "",
+            f"encoded now: {encoded['images']} of {results['num_images']} images, "
+            f"{encoded['prompts']} of {prompts} prompts (the rest came from the feature cache)",
+        ]
     lines += [
         "",
         "accuracies in %; mpcr = mean per-class recall; seconds: "
