@@ -38,7 +38,7 @@ def test_preset_seed_runs_offline_with_local_files_and_writes_the_full_sweep(eva
         "What is {}?",
         "How do you think about {}?",
     ]
-    assert len(results["ensembles"]) == 31 * 5
+    assert len(results["ensembles"]) == 31 * len(METHODS)
     assert {(e["method"], tuple(e["templates"])) for e in results["ensembles"]} == {
         (m, s) for m in METHODS for s in all_subsets(5)
     }
@@ -66,7 +66,7 @@ def test_without_sweep_each_method_uses_all_templates(eval_args, tmp_path):
     assert main([*eval_args, "--templates", "cifar", "--classnames", "clip", "--limit", "10", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["num_images"] == 10 and "aquarium fish" in results["classes"]
-    assert [e["templates"] for e in results["ensembles"]] == [list(range(18))] * 5
+    assert [e["templates"] for e in results["ensembles"]] == [list(range(18))] * len(METHODS)
 
 
 def test_console_script_runs_in_a_fresh_process(eval_args, tmp_path):

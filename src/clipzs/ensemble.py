@@ -13,9 +13,11 @@ from itertools import combinations
 import torch
 
 from .errors import ClipzsError
+from .weighting import balance_classes, carprt, zpe
 
-METHODS = ("vote-seed", "vote", "prob", "logit", "embedding")
+METHODS = ("vote-seed", "vote", "prob", "logit", "embedding", "zpe", "carprt")
 VOTE_METHODS = frozenset({"vote-seed", "vote"})
+BALANCED = "+balanced"  # suffix: a score method's probabilities rebalanced to a uniform class marginal
 MAX_SWEEP_TEMPLATES = 12
 
 
@@ -74,38 +76,57 @@ def embedding_mean(logits: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return logits.sum(dim=1) / text.sum(dim=0).norm(dim=-1)
 
 
-def combine(method: str, all_scores: torch.Tensor, text: torch.Tensor, subset: Sequence[int]) -> Ensemble:
-    """Apply `method` to the templates in `subset` of scores [N, T, C] (text [T, C, D] for `embedding`)."""
+def _class_scores(method: str, logits: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """[N, C] scores of a score-based method from the subset's logits [N, S, C] and text [S, C, D]."""
+    if method == "prob":
+        return prob_mean(logits)
+    if method == "logit":
+        return logit_mean(logits)
+    if method == "embedding":
+        return embedding_mean(logits, text)
+    if method == "zpe":
+        return zpe(logits)
+    if method == "carprt":
+        return carprt(logits)
+    raise ClipzsError(f"unknown ensemble method {method!r}: use one of {', '.join(METHODS)}")
+
+
+def combine(method: str, all_scores: torch.Tensor, text: torch.Tensor | None, subset: Sequence[int]) -> Ensemble:
+    """Apply `method` to the templates in `subset` of scores [N, T, C] (text [T, C, D] for `embedding`).
+
+    `<method>+balanced` rebalances a score method's class probabilities to a uniform marginal over the
+    images, without labels (`weighting.balance_classes`).
+    """
     index = torch.as_tensor(list(subset), dtype=torch.int64)
     logits = all_scores.index_select(1, index)
     if method == "vote-seed":
         return Ensemble(method, tuple(subset), vote_seed(logits.argmax(dim=2)), None)
     if method == "vote":
         return Ensemble(method, tuple(subset), vote(logits), None)
-    if method == "prob":
-        combined = prob_mean(logits)
-    elif method == "logit":
-        combined = logit_mean(logits)
-    elif method == "embedding":
-        combined = embedding_mean(logits, text.index_select(0, index))
-    else:
-        raise ClipzsError(f"unknown ensemble method {method!r}: use one of {', '.join(METHODS)}")
+    base = method.removesuffix(BALANCED)
+    combined = _class_scores(base, logits, None if text is None else text.index_select(0, index))
+    if base != method:
+        combined = balance_classes(combined if base == "prob" else combined.softmax(dim=1))
     return Ensemble(method, tuple(subset), combined.argmax(dim=1), combined)
 
 
-def parse_methods(spec: str | Sequence[str]) -> list[str]:
-    """`all` or a comma list of method names, checked."""
+def parse_methods(spec: str | Sequence[str], balance: bool = False) -> list[str]:
+    """`all` or a comma list of method names (`<score method>+balanced` too), checked; `balance` adds the
+    balanced variant of every score method chosen."""
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
-        return list(METHODS)
-    unknown = [n for n in names if n not in METHODS]
+        names = list(METHODS)
+    valid = {*METHODS, *(m + BALANCED for m in METHODS if m not in VOTE_METHODS)}
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise ClipzsError(
-            f"unknown ensemble method(s) {', '.join(unknown) or '(none)'}: "
-            f"use 'all' or a comma list of {', '.join(METHODS)}"
+            f"unknown ensemble method(s) {', '.join(unknown) or '(none)'}: use 'all' or a comma list of "
+            f"{', '.join(METHODS)} (score methods also as <method>{BALANCED})"
         )
-    return names
+    if balance:
+        names += [n + BALANCED for n in names if n in METHODS and n not in VOTE_METHODS and n + BALANCED not in names]
+    return list(dict.fromkeys(names))
 
 
 def all_subsets(num_templates: int) -> list[tuple[int, ...]]:

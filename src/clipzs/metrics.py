@@ -46,29 +46,37 @@ def classification_metrics(
     }
 
 
-def bootstrap_ci(correct: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval (low, high) for the accuracy of per-image outcomes [N].
+def bootstrap_cis(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> torch.Tensor:
+    """Percentile-bootstrap confidence intervals [R, 2] (low, high) for the means of R per-image columns [N, R].
 
-    `correct` [N] is bool (or 0/1, or any per-image value whose mean is wanted). The images are resampled with
-    replacement `n_boot` times from a generator seeded with `seed`, so the interval is reproducible; the
-    bounds are the (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled means (Efron & Tibshirani,
-    An Introduction to the Bootstrap, 1993, ch. 13). Resamples are drawn in blocks to bound memory.
+    Every column is resampled with the same draws (images with replacement, `n_boot` times, from a generator
+    seeded with `seed`, so intervals are reproducible and paired across methods); the bounds are the
+    (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled means (Efron & Tibshirani, An Introduction
+    to the Bootstrap, 1993, ch. 13). A resample is a count per image, so all columns cost one matrix product;
+    resamples are drawn in blocks to bound memory.
     """
     if n_boot < 1 or not 0 < level < 1:
         raise ClipzsError(f"bootstrap needs n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
-    values = correct.reshape(-1).double().cpu()
-    n = values.numel()
+    columns = values.reshape(values.shape[0], -1).double().cpu()
+    n = columns.shape[0]
     assert n > 0, "bootstrap of an empty set of images"
     generator = torch.Generator().manual_seed(seed)
     block = max(1, _BOOTSTRAP_BLOCK // n)
-    means = torch.cat(
-        [
-            values[torch.randint(n, (min(block, n_boot - start), n), generator=generator)].mean(dim=1)
-            for start in range(0, n_boot, block)
-        ]
-    )
+    means = []
+    for start in range(0, n_boot, block):
+        draws = torch.randint(n, (min(block, n_boot - start), n), generator=generator)
+        counts = torch.zeros(draws.shape, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(draws.shape, dtype=torch.float64)
+        )
+        means.append(counts @ columns / n)
     tail = (1 - level) / 2
-    low, high = means.quantile(torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return torch.cat(means).quantile(torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0).T
+
+
+def bootstrap_ci(correct: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval (low, high) for the accuracy of per-image outcomes [N]
+    (bool, 0/1, or any per-image value whose mean is wanted); see `bootstrap_cis`."""
+    low, high = bootstrap_cis(correct.reshape(-1, 1), n_boot, seed, level)[0].tolist()
     return low, high
 
 

@@ -14,7 +14,7 @@ from .datasets import ImageSet, classnames, load_dataset
 from .encode import CHUNK, Features, encode_images, encode_prompts
 from .ensemble import all_subsets, combine, parse_methods, scores
 from .errors import ClipzsError
-from .metrics import classification_metrics
+from .metrics import bootstrap_cis, classification_metrics, mcnemar
 from .models import ClipModel, load_model
 from .preprocess import split_preprocess
 from .prompts import load_templates
@@ -24,30 +24,74 @@ def default_batch_size(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 64
 
 
+def label(method: str | None, templates: Sequence[int]) -> str:
+    """A row's name: `template 3` for a single template, `embedding{1,3,4}` for an ensemble (1-based)."""
+    numbers = ",".join(str(t + 1) for t in templates)
+    return f"template {numbers}" if method is None else f"{method}{{{numbers}}}"
+
+
 def summarize(
-    features: Features, methods: Sequence[str], subsets: Sequence[tuple[int, ...]], num_classes: int
-) -> tuple[list[dict], list[dict], dict]:
-    """Metrics of every single template and of every (method, subset) ensemble, and the predictions [N] of
-    the ensemble with the best top-1 (first on ties): pure tensor maths."""
+    features: Features,
+    methods: Sequence[str],
+    subsets: Sequence[tuple[int, ...]],
+    templates: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Metrics of every single template and every (method, subset) ensemble, with 95% bootstrap intervals
+    (seeded, the same resamples for every row), the predictions [N] of the best ensemble by top-1 (first on
+    ties), and an exact McNemar test of that ensemble against the best single template: pure tensor maths."""
     all_scores = scores(features.image, features.text, features.logit_scale)
-    single = []
-    for t in range(all_scores.shape[1]):
-        logits = all_scores[:, t]
-        single.append(classification_metrics(logits.argmax(dim=1), logits, features.labels, num_classes))
-    ensembles, best = [], None
+    labels, num_classes = features.labels, all_scores.shape[2]
+    rows: list[dict] = []
+    hits1: list[torch.Tensor] = []
+    hits5: dict[int, torch.Tensor] = {}
+
+    def record(row: dict, pred: torch.Tensor, class_scores: torch.Tensor | None) -> None:
+        row.update(classification_metrics(pred, class_scores, labels, num_classes))
+        hits1.append(pred == labels)
+        if row["acc5"] is not None:
+            hits5[len(rows)] = (class_scores.topk(5, dim=1).indices == labels[:, None]).any(dim=1)
+        rows.append(row)
+
+    for t, template in enumerate(templates):
+        record({"template": template}, all_scores[:, t].argmax(dim=1), all_scores[:, t])
+    predictions = {}
     for method in methods:
         for subset in subsets:
             result = combine(method, all_scores, features.text, subset)
-            metrics = classification_metrics(result.pred, result.scores, features.labels, num_classes)
-            ensembles.append({"method": method, "templates": list(subset), **metrics})
-            if best is None or metrics["acc1"] > best["acc1"]:
-                best = {
-                    "method": method,
-                    "templates": list(subset),
-                    "acc1": metrics["acc1"],
-                    "pred": result.pred.tolist(),
-                }
-    return single, ensembles, best
+            predictions[len(rows)] = result.pred
+            record({"method": method, "templates": list(subset)}, result.pred, result.scores)
+
+    for row, (low, high) in zip(rows, bootstrap_cis(torch.stack(hits1, dim=1), n_boot, seed).tolist(), strict=True):
+        row["acc1_ci"] = [low, high]
+    if hits5:
+        cis5 = bootstrap_cis(torch.stack(list(hits5.values()), 1), n_boot, seed).tolist()
+        for i, (low, high) in zip(hits5, cis5, strict=True):
+            rows[i]["acc5_ci"] = [low, high]
+
+    single, ensembles = rows[: len(templates)], rows[len(templates) :]
+    best_single = max(range(len(single)), key=lambda i: single[i]["acc1"])
+    best = max(predictions, key=lambda i: rows[i]["acc1"]) if predictions else None
+    summary = {"single": single, "ensembles": ensembles, "best": None, "comparisons": []}
+    if best is not None:
+        summary["best"] = {
+            **{k: rows[best][k] for k in ("method", "templates", "acc1")},
+            "pred": predictions[best].tolist(),
+        }
+        test = mcnemar(hits1[best], hits1[best_single])
+        summary["comparisons"].append(
+            {
+                "a": label(rows[best]["method"], rows[best]["templates"]),
+                "b": label(None, [best_single]),
+                "acc1_a": rows[best]["acc1"],
+                "acc1_b": single[best_single]["acc1"],
+                "a_only": test["b"],
+                "b_only": test["c"],
+                "p_value": test["p_value"],
+            }
+        )
+    return summary
 
 
 def feature_keys(clip: ClipModel, images: ImageSet) -> tuple[dict, dict]:
@@ -136,7 +180,7 @@ def evaluate(
     features = Features(
         image=image.features, text=text.features, labels=torch.from_numpy(images.labels), logit_scale=clip.logit_scale
     )
-    single, ensembles, best = summarize(features, methods, subsets, len(names))
+    summary = summarize(features, methods, subsets, template_list)
     lap("ensembles", t)
     seconds["total"] = round(time.perf_counter() - start, 3)
     return {
@@ -155,9 +199,7 @@ def evaluate(
         "classnames": classname_style,
         "classes": names,
         "methods": methods,
-        "single": [{"template": tpl, **m} for tpl, m in zip(template_list, single, strict=True)],
-        "ensembles": ensembles,
-        "best": best,
+        **summary,
         "labels": images.labels.tolist(),
         "encoded": {"images": image.computed, "prompts": text.computed},
         "seconds": seconds,
