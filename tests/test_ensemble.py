@@ -97,3 +97,24 @@ def test_subsets_and_method_parsing():
     assert parse_methods("prob, embedding") == ["prob", "embedding"]
     with pytest.raises(ClipzsError, match="unknown ensemble method"):
         parse_methods("prob,median")
+
+
+def test_weighted_methods_and_balanced_variants_through_combine():
+    torch.manual_seed(3)
+    image, text = F.normalize(torch.randn(60, 8), dim=-1), F.normalize(torch.randn(3, 4, 8), dim=-1)
+    all_scores = scores(image, text, 100.0)
+    all_scores[:, :, 0] += 40.0  # every template favours class 0
+    for method in ("prob", "logit", "embedding", "zpe", "carprt"):
+        plain = combine(method, all_scores, text, (0, 1, 2))
+        balanced = combine(method + "+balanced", all_scores, text, (0, 1, 2))
+        assert balanced.scores.sum(dim=1).sub(1).abs().max() < 1e-5, method
+        assert balanced.scores.mean(dim=0).sub(0.25).abs().max() < 1e-3, method
+        assert (balanced.pred == 0).sum() < (plain.pred == 0).sum(), method
+
+
+def test_balance_option_adds_variants_of_score_methods_only():
+    assert parse_methods("vote,embedding", balance=True) == ["vote", "embedding", "embedding+balanced"]
+    assert parse_methods("zpe+balanced") == ["zpe+balanced"]
+    with pytest.raises(ClipzsError, match="unknown ensemble method"):
+        parse_methods("vote+balanced")
+    assert len(parse_methods("all", balance=True)) == len(METHODS) + 5

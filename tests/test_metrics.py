@@ -28,3 +28,28 @@ def test_topk_counts_label_among_highest_scores():
 def test_classification_metrics_reports_null_top5_for_votes():
     labels, pred = torch.tensor([1, 0]), torch.tensor([1, 1])
     assert classification_metrics(pred, None, labels, 2) == {"acc1": 0.5, "acc5": None, "mean_per_class_recall": 0.5}
+
+
+def test_summarize_gives_every_row_an_interval_around_it_and_a_mcnemar_comparison():
+    import torch.nn.functional as F
+
+    from clipzs.encode import Features
+    from clipzs.ensemble import METHODS, all_subsets
+    from clipzs.pipeline import summarize
+
+    torch.manual_seed(0)
+    labels = torch.arange(200) % 10
+    centres = F.normalize(torch.randn(10, 16), dim=1)
+    text = F.normalize(centres + 0.8 * torch.randn(3, 10, 16), dim=2)
+    image = F.normalize(centres[labels] + 0.9 * torch.randn(200, 16), dim=1)
+    summary = summarize(Features(image, text, labels, 100.0), METHODS, all_subsets(3), ["a", "b", "c"])
+    for row in summary["single"] + summary["ensembles"]:
+        low, high = row["acc1_ci"]
+        assert low <= row["acc1"] <= high and high - low > 0
+        assert ("acc5_ci" in row) == (row["acc5"] is not None)
+    best = summary["best"]
+    (comparison,) = summary["comparisons"]
+    assert comparison["a"] == f"{best['method']}{{{','.join(str(t + 1) for t in best['templates'])}}}"
+    assert comparison["acc1_a"] >= comparison["acc1_b"]
+    assert comparison["acc1_a"] - comparison["acc1_b"] == pytest.approx((comparison["a_only"] - comparison["b_only"]) / 200)
+    assert 0 < comparison["p_value"] <= 1
