@@ -154,3 +154,55 @@ def test_templates_and_models_listings(capsys, tmp_path):
     assert rows[("ViT-B/32", "openai")].rstrip().endswith("yes")
     assert not rows[("RN50", "openai")].rstrip().endswith("yes")
     assert ("ViT-B-32", "laion2b_s34b_b79k") in rows
+
+
+def test_class_specific_prompts_run_with_score_methods(eval_args, tmp_path):
+    sentences = {c.replace("_", " "): [f"a photo of a {c}.", f"{c}, in the wild"] for c in helpers.CIFAR100_CLASSES}
+    sentences["apple"].append("a red fruit")
+    cupl = tmp_path / "cupl.json"
+    cupl.write_text(json.dumps(sentences))
+    out = tmp_path / "r.json"
+    assert main([*eval_args, "--templates", str(cupl), "--ensemble", "logit,embedding,carprt", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["templates"] == ["class-specific 1", "class-specific 2", "class-specific 3"]
+    assert [e["method"] for e in results["ensembles"]] == ["logit", "embedding", "carprt"]
+
+
+def test_predict_prints_topk_for_every_readable_image_and_fails_on_a_corrupt_one(
+    tiny_config, tiny_checkpoint, tmp_path, capsys
+):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for name, mode in (("a.jpg", "RGB"), ("b.png", "L"), ("c.webp", "RGB"), ("d.png", "RGBA"), ("e.png", "P")):
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).convert(mode).save(tmp_path / "imgs" / name)
+    Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(tmp_path / "imgs" / "f16.png")
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    model = ["--model", str(tiny_config), "--pretrained", str(tiny_checkpoint)]
+
+    assert main(["predict", str(tmp_path / "imgs"), "--labels", "cat,dog,car", "--topk", "2", "--json", *model]) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [r["path"].rsplit("/", 1)[1] for r in results] == [
+        "a.jpg",
+        "b.png",
+        "broken.jpg",
+        "c.webp",
+        "d.png",
+        "e.png",
+        "f16.png",
+    ]
+    for r in results:
+        if r["path"].endswith("broken.jpg"):
+            assert "error" in r
+        else:
+            assert len(r["top"]) == 2 and {t["label"] for t in r["top"]} <= {"cat", "dog", "car"}
+            assert r["top"][0]["prob"] >= r["top"][1]["prob"]
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("clipzs: cannot read ") and "broken.jpg" in line
+
+    assert main(["predict", str(tmp_path / "imgs" / "a.jpg"), "--classes", "cifar10", *model]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(str(tmp_path / "imgs" / "a.jpg") + ": ") and out.count("%") == 5

@@ -13,6 +13,7 @@ from clipzs.cache import CorruptCacheWarning
 from clipzs.cli import main
 from clipzs.ensemble import METHODS
 from clipzs.pipeline import evaluate
+from clipzs.prompts import load_templates
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_second_run_encodes_nothing_and_gives_identical_results(run):
 def test_a_new_template_encodes_only_its_prompts(run, tmp_path):
     run()
     six = tmp_path / "six.txt"
-    six.write_text("\n".join([*pipeline.load_templates("seed"), "a blurry photo of a {}."]))
+    six.write_text("\n".join([*load_templates("seed"), "a blurry photo of a {}."]))
     results = run(templates=str(six))
     assert results["encoded"] == {"images": 0, "prompts": 100}
     assert len(results["ensembles"]) == 63 * len(METHODS)

@@ -42,3 +42,24 @@ def test_unknown_set_and_empty_file(tmp_path):
 def test_fill_ignores_format_braces():
     assert fill("a {} {with braces}", "cat") == "a cat {with braces}"
     assert build_prompts(["A {}", "B {}!"], ["x", "y_z"]) == [["A x", "A y_z"], ["B x!", "B y_z!"]]
+
+
+def test_class_specific_sentences_are_aligned_by_position(tmp_path):
+    import json
+
+    from clipzs.prompts import prompt_set, read_prompts
+
+    path = tmp_path / "cupl.json"
+    path.write_text(
+        json.dumps({"aquarium fish": ["fish in a tank", "a small fish"], "cat": ["a cat", "a kitten", "feline"]})
+    )
+    source = read_prompts(str(path))
+    prompts = prompt_set(source, ["cat", "aquarium_fish"])
+    assert prompts.names == ["class-specific 1", "class-specific 2", "class-specific 3"]
+    assert prompts.prompts == [["a cat", "fish in a tank"], ["a kitten", "a small fish"], ["feline", "fish in a tank"]]
+    with pytest.raises(ClipzsError, match="lack 1 classes: dog"):
+        prompt_set(source, ["cat", "dog"])
+    for bad in ("[1, 2]", '{"cat": []}', '{"cat": [3]}', "{not json"):
+        path.write_text(bad)
+        with pytest.raises(ClipzsError, match="CuPL format|cannot read"):
+            read_prompts(str(path))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .cache import FeatureCache, describe_size
+from .classifier import CLASSIFIER_METHODS, NAMED_CLASSES, ZeroShotClassifier, predict_files
 from .datasets import CLASSNAME_STYLES, DATASETS, ImageSet, load_dataset
 from .errors import ClipzsError
 from .models import PRECISIONS, available_models
@@ -49,6 +50,63 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_model_options(p: argparse.ArgumentParser, model_default: str | None = None) -> None:
+    p.add_argument(
+        "--model",
+        default=model_default,
+        help="OpenAI name (ViT-B/32, RN50, ...), open_clip name, or model config .json",
+    )
+    p.add_argument("--pretrained", help="openai, an open_clip tag, a checkpoint file, or 'random'")
+    p.add_argument("--cache-dir", help="where OpenAI checkpoints are kept (default $CLIPZS_CACHE or ~/.cache/clip)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cuda when available)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), help="default fp32 on CPU, fp16 on CUDA")
+    p.add_argument("--batch-size", type=_positive_int, help="images per batch (default 64 on CPU, 256 on CUDA)")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="top-k labels with probabilities for image files and folders",
+        description="Classify images (files, or folders searched recursively) zero-shot. An "
+        "unreadable file is reported and skipped; the exit status is 1 if any was.",
+    )
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    names = p.add_mutually_exclusive_group(required=True)
+    names.add_argument("--labels", help='comma-separated class names, e.g. "cat,dog,car"')
+    names.add_argument("--classes", choices=NAMED_CLASSES, help="the class names of a dataset")
+    p.add_argument("--classnames", choices=CLASSNAME_STYLES, default="clip", help="style of --classes names")
+    p.add_argument("--templates", default="seed", help="seed, cifar, imagenet80, or a template file")
+    p.add_argument("--ensemble", default="embedding", choices=CLASSIFIER_METHODS)
+    p.add_argument("--topk", type=_positive_int, default=5, help="labels per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    _add_model_options(p, model_default="ViT-B/32")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    classifier = ZeroShotClassifier(
+        args.model,
+        classnames=args.classes or args.labels.split(","),
+        templates=args.templates,
+        ensemble=args.ensemble,
+        classname_style=args.classnames,
+        pretrained=args.pretrained,
+        device=args.device,
+        precision=args.precision,
+        cache_dir=args.cache_dir,
+    )
+    results = predict_files(args.paths, classifier, topk=args.topk, batch_size=args.batch_size)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"clipzs: cannot read {r['path']}: {r['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "top" in r:
+                print(f"{r['path']}: " + ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"]))
+    return 1 if failed else 0
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -67,14 +125,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--data-root", help="CIFAR: folder holding cifar-*-python (default ~/.cache); folder: <root>/<class>/"
     )
     p.add_argument("--split", help="train or test (default test)")
-    p.add_argument("--model", help="OpenAI name (ViT-B/32, RN50, ...), open_clip name, or model config .json")
-    p.add_argument("--pretrained", help="openai, an open_clip tag, a checkpoint file, or 'random'")
-    p.add_argument("--cache-dir", help="where OpenAI checkpoints are kept (default $CLIPZS_CACHE or ~/.cache/clip)")
-    p.add_argument("--templates", help="seed, cifar, imagenet80, or a file with one template per line")
+    _add_model_options(p)
+    p.add_argument(
+        "--templates",
+        help="seed, cifar, imagenet80, a file with one template per line containing {}, "
+        "or a .json mapping each class to its own sentences (CuPL format)",
+    )
     p.add_argument("--classnames", choices=CLASSNAME_STYLES, help="raw (as stored) or clip (underscores as spaces)")
     p.add_argument("--ensemble", help="'all' or a comma list of vote-seed,vote,prob,logit,embedding")
     p.add_argument("--sweep", action="store_true", default=None, help="every non-empty template subset (<= 12)")
-    p.add_argument("--batch-size", type=_positive_int, help="images per batch (default 64 on CPU, 256 on CUDA)")
+    p.add_argument(
+        "--balance",
+        action="store_true",
+        help="also each score method rebalanced to a uniform class marginal, without labels (+balanced)",
+    )
     p.add_argument(
         "--workers", type=int, help="DataLoader processes for image decoding (default 0 on CPU, up to 8 on CUDA)"
     )
@@ -83,8 +147,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--limit", type=_positive_int, help="use only the first N images")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default cuda when available)")
-    p.add_argument("--precision", choices=sorted(PRECISIONS), help="default fp32 on CPU, fp16 on CUDA")
     p.add_argument("--out", type=Path, help="write the results JSON here")
     p.add_argument("--report", type=Path, metavar="DIR", help="write results.json/.csv, summary.md, plots, report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -104,6 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
         classname_style=options["classnames"],
         ensemble=options["ensemble"],
         sweep=options["sweep"],
+        balance=args.balance,
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
@@ -191,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipzs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
+    _add_predict(sub)
 
     p = sub.add_parser("report", help="write the report (CSV, markdown, plots, HTML) of a results JSON")
     p.add_argument("results", type=Path, help="a results JSON written by `clipzs eval --out`")
@@ -213,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "eval": run_eval,
+    "predict": run_predict,
     "report": run_report,
     "cache": run_cache,
     "templates": run_templates,

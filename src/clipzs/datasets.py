@@ -20,6 +20,7 @@ from .errors import ClipzsError
 
 DEFAULT_ROOT = "~/.cache"
 CLASSNAME_STYLES = ("raw", "clip")
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
@@ -105,13 +106,18 @@ class ImageSet:
         )
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: grayscale, palette and RGBA converted, 16-bit scaled (Pillow would clip)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open any PIL-readable image as 8-bit RGB (grayscale, palette, RGBA and 16-bit included)."""
+    """Open any PIL-readable image file as 8-bit RGB (see `to_rgb`)."""
     with Image.open(path) as img:
         img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def classnames(classes: tuple[str, ...] | list[str], style: str) -> list[str]:

@@ -106,13 +106,17 @@ def encode_text(
     return Encoded(features, len(todo))
 
 
+def encode_prompt_matrix(clip: ClipModel, prompts: list[list[str]], cache: TextEntry | None = None) -> Encoded:
+    """Text features [T, C, D] of prompts [T][C]."""
+    encoded = encode_text(clip, [p for row in prompts for p in row], cache=cache)
+    return Encoded(encoded.features.view(len(prompts), len(prompts[0]), -1), encoded.computed)
+
+
 def encode_prompts(
     clip: ClipModel, templates: list[str], classnames: list[str], cache: TextEntry | None = None
 ) -> Encoded:
     """Text features [T, C, D] for every template filled with every class name."""
-    prompts = [p for row in build_prompts(templates, classnames) for p in row]
-    encoded = encode_text(clip, prompts, cache=cache)
-    return Encoded(encoded.features.view(len(templates), len(classnames), -1), encoded.computed)
+    return encode_prompt_matrix(clip, build_prompts(templates, classnames), cache)
 
 
 class _Pixels(Dataset):

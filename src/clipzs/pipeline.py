@@ -11,13 +11,13 @@ import torch
 from . import __version__
 from .cache import FeatureCache
 from .datasets import ImageSet, classnames, load_dataset
-from .encode import CHUNK, Features, encode_images, encode_prompts
+from .encode import CHUNK, Features, encode_images, encode_prompt_matrix
 from .ensemble import all_subsets, combine, parse_methods, scores
 from .errors import ClipzsError
 from .metrics import bootstrap_cis, classification_metrics, mcnemar
 from .models import ClipModel, load_model
 from .preprocess import split_preprocess
-from .prompts import load_templates
+from .prompts import prompt_set, read_prompts
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -125,6 +125,7 @@ def evaluate(
     classname_style: str = "clip",
     ensemble: str | Sequence[str] = "all",
     sweep: bool = False,
+    balance: bool = False,
     batch_size: int | None = None,
     device: str | None = None,
     precision: str | None = None,
@@ -136,7 +137,9 @@ def evaluate(
 ) -> dict:
     """Run one zero-shot evaluation and return the results dict (the schema of `--out results.json`).
 
-    Ensembles are taken over all templates, or over every non-empty subset with `sweep=True`. Image and
+    `templates` is a built-in set, a template file, or a `.json` of class-specific sentences. Ensembles are
+    taken over all templates, or over every non-empty subset with `sweep=True`; `balance` adds each score
+    method's class-balanced variant. Image and
     text features come from the feature cache when it holds them (`feature_cache` folder, default
     `$CLIPZS_FEATURE_CACHE` or `~/.cache/clipzs/features`; `use_cache=False` bypasses it).
     """
@@ -148,9 +151,10 @@ def evaluate(
         seconds[name] = round(now - since, 3)
         return now
 
-    template_list = load_templates(templates)
-    methods = parse_methods(ensemble)
-    subsets = all_subsets(len(template_list)) if sweep else [tuple(range(len(template_list)))]
+    source = read_prompts(templates)
+    methods = parse_methods(ensemble, balance)
+    if sweep and isinstance(source, list):
+        all_subsets(len(source))  # refuse an impossible sweep before any work
     images: ImageSet = load_dataset(dataset, data_root, split)
     if limit is not None:
         if limit < 1:
@@ -159,13 +163,16 @@ def evaluate(
     if len(images) == 0:
         raise ClipzsError(f"{images.name}/{images.split} holds no images")
     names = classnames(images.classes, classname_style)
+    prompts = prompt_set(source, names)
+    slots = len(prompts.names)
+    subsets = all_subsets(slots) if sweep else [tuple(range(slots))]
     t = lap("dataset", start)
 
     clip = load_model(model, pretrained, device=device, precision=precision, cache_dir=cache_dir)
     t = lap("load_model", t)
     cache = FeatureCache(feature_cache) if use_cache else None
     text_key, image_key = feature_keys(clip, images)
-    text = encode_prompts(clip, template_list, names, cache=cache.texts(text_key) if cache else None)
+    text = encode_prompt_matrix(clip, prompts.prompts, cache=cache.texts(text_key) if cache else None)
     t = lap("text", t)
     image = encode_images(
         clip,
@@ -180,7 +187,7 @@ def evaluate(
     features = Features(
         image=image.features, text=text.features, labels=torch.from_numpy(images.labels), logit_scale=clip.logit_scale
     )
-    summary = summarize(features, methods, subsets, template_list)
+    summary = summarize(features, methods, subsets, prompts.names)
     lap("ensembles", t)
     seconds["total"] = round(time.perf_counter() - start, 3)
     return {
@@ -195,7 +202,8 @@ def evaluate(
         "checkpoint": clip.checkpoint,
         "precision": clip.precision,
         "device": str(clip.device),
-        "templates": template_list,
+        "templates": prompts.names,
+        "prompts": templates,
         "classnames": classname_style,
         "classes": names,
         "methods": methods,
