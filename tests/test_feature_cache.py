@@ -27,7 +27,6 @@ def run(tiny_config, tiny_checkpoint, cifar_root, tmp_path):
             data_root=cifar_root,
             feature_cache=cache,
             progress=False,
-            sweep=True,
         )
         return evaluate(**{**kwargs, **options})
 
@@ -40,18 +39,18 @@ def _metrics(results):
 
 
 def test_second_run_encodes_nothing_and_gives_identical_results(run):
-    first, second = run(), run()
+    first, second = run(sweep=True), run(sweep=True)
     assert first["encoded"] == {"images": 40, "prompts": 500}
     assert second["encoded"] == {"images": 0, "prompts": 0}
     assert _metrics(first) == _metrics(second)
-    assert _metrics(run(use_cache=False)) == _metrics(first)
+    assert _metrics(run(sweep=True, use_cache=False)) == _metrics(first)
 
 
 def test_a_new_template_encodes_only_its_prompts(run, tmp_path):
     run()
     six = tmp_path / "six.txt"
     six.write_text("\n".join([*load_templates("seed"), "a blurry photo of a {}."]))
-    results = run(templates=str(six))
+    results = run(templates=str(six), sweep=True)
     assert results["encoded"] == {"images": 0, "prompts": 100}
     assert len(results["ensembles"]) == 63 * len(METHODS)
 
@@ -114,10 +113,10 @@ def test_a_run_killed_mid_encoding_resumes_to_identical_results(
     assert child.returncode == -signal.SIGKILL
 
     monkeypatch.setattr(pipeline, "CHUNK", 8)
-    resumed = run(sweep=False, batch_size=4)
+    resumed = run(batch_size=4)
     assert 0 < resumed["encoded"]["images"] <= 40 - 16
     assert resumed["encoded"]["prompts"] == 0
-    assert _metrics(resumed) == _metrics(run(sweep=False, use_cache=False))
+    assert _metrics(resumed) == _metrics(run(use_cache=False))
 
 
 def test_cache_list_and_clear_by_model(run, tmp_path, capsys):

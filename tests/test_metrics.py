@@ -51,5 +51,7 @@ def test_summarize_gives_every_row_an_interval_around_it_and_a_mcnemar_compariso
     (comparison,) = summary["comparisons"]
     assert comparison["a"] == f"{best['method']}{{{','.join(str(t + 1) for t in best['templates'])}}}"
     assert comparison["acc1_a"] >= comparison["acc1_b"]
-    assert comparison["acc1_a"] - comparison["acc1_b"] == pytest.approx((comparison["a_only"] - comparison["b_only"]) / 200)
+    assert comparison["acc1_a"] - comparison["acc1_b"] == pytest.approx(
+        (comparison["a_only"] - comparison["b_only"]) / 200
+    )
     assert 0 < comparison["p_value"] <= 1

@@ -12,23 +12,13 @@ from . import __version__
 from .cache import FeatureCache, describe_size
 from .classifier import CLASSIFIER_METHODS, NAMED_CLASSES, ZeroShotClassifier, predict_files
 from .datasets import CLASSNAME_STYLES, DATASETS, ImageSet, load_dataset
+from .ensemble import METHODS
 from .errors import ClipzsError
 from .models import PRECISIONS, available_models
-from .pipeline import evaluate
+from .pipeline import compare, evaluate, select
 from .prompts import BUILTIN_TEMPLATES, load_templates
-from .report import format_summary, write_report
+from .report import format_comparison, format_selection, format_summary, write_report
 
-EVAL_DEFAULTS = {
-    "dataset": "cifar100",
-    "data_root": None,
-    "split": "test",
-    "model": "ViT-B/32",
-    "pretrained": None,
-    "templates": "seed",
-    "classnames": "clip",
-    "ensemble": "all",
-    "sweep": False,
-}
 PRESETS = {
     "seed": {
         "dataset": "cifar100",
@@ -107,6 +97,67 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_setup_options(p: argparse.ArgumentParser) -> None:
+    """Options naming the data, model and prompts (fields of `pipeline.Setup`), shared by eval/select/compare."""
+    p.add_argument("--dataset", choices=DATASETS, help="default cifar100")
+    p.add_argument(
+        "--data-root", help="CIFAR: folder holding cifar-*-python (default ~/.cache); folder: <root>/<class>/"
+    )
+    p.add_argument("--split", help="train or test (default test)")
+    _add_model_options(p)
+    p.add_argument(
+        "--templates",
+        help="seed (default), cifar, imagenet80, a file with one template per line "
+        "containing {}, or a .json mapping each class to its own sentences (CuPL format)",
+    )
+    p.add_argument(
+        "--classnames", choices=CLASSNAME_STYLES, help="raw (as stored) or clip (default: underscores as spaces)"
+    )
+    p.add_argument("--limit", type=_positive_int, help="use only the first N images")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader processes for image decoding (default 0 on CPU, up to 8 on CUDA)"
+    )
+    p.add_argument(
+        "--feature-cache", help="feature cache folder (default $CLIPZS_FEATURE_CACHE or ~/.cache/clipzs/features)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.add_argument("--out", type=Path, help="write the results JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _setup(args: argparse.Namespace, preset: dict | None = None) -> dict:
+    """`pipeline.Setup` fields from the options: given ones first, then the preset's, then the defaults."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    setup = {**(preset or {}), **given}
+    fields = (
+        "dataset",
+        "data_root",
+        "split",
+        "model",
+        "pretrained",
+        "cache_dir",
+        "templates",
+        "batch_size",
+        "device",
+        "precision",
+        "workers",
+        "limit",
+        "feature_cache",
+    )
+    return {
+        **{f: setup[f] for f in fields if f in setup},
+        "classname_style": setup.get("classnames", "clip"),
+        "use_cache": not args.no_cache,
+        "progress": not args.quiet,
+    }
+
+
+def _write_json(results: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -120,68 +171,78 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="'seed': the original experiment (CIFAR-100 test, ViT-B/32 openai, 5 seed templates, "
         "raw class names, every method, full sweep); other options override it",
     )
-    p.add_argument("--dataset", choices=DATASETS, help=f"default {EVAL_DEFAULTS['dataset']}")
-    p.add_argument(
-        "--data-root", help="CIFAR: folder holding cifar-*-python (default ~/.cache); folder: <root>/<class>/"
-    )
-    p.add_argument("--split", help="train or test (default test)")
-    _add_model_options(p)
-    p.add_argument(
-        "--templates",
-        help="seed, cifar, imagenet80, a file with one template per line containing {}, "
-        "or a .json mapping each class to its own sentences (CuPL format)",
-    )
-    p.add_argument("--classnames", choices=CLASSNAME_STYLES, help="raw (as stored) or clip (underscores as spaces)")
-    p.add_argument("--ensemble", help="'all' or a comma list of vote-seed,vote,prob,logit,embedding")
+    _add_setup_options(p)
+    p.add_argument("--ensemble", help=f"'all' (default) or a comma list of {', '.join(METHODS)}")
     p.add_argument("--sweep", action="store_true", default=None, help="every non-empty template subset (<= 12)")
     p.add_argument(
         "--balance",
         action="store_true",
         help="also each score method rebalanced to a uniform class marginal, without labels (+balanced)",
     )
-    p.add_argument(
-        "--workers", type=int, help="DataLoader processes for image decoding (default 0 on CPU, up to 8 on CUDA)"
-    )
-    p.add_argument(
-        "--feature-cache", help="feature cache folder (default $CLIPZS_FEATURE_CACHE or ~/.cache/clipzs/features)"
-    )
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    p.add_argument("--limit", type=_positive_int, help="use only the first N images")
-    p.add_argument("--out", type=Path, help="write the results JSON here")
     p.add_argument("--report", type=Path, metavar="DIR", help="write results.json/.csv, summary.md, plots, report.html")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    options = {**EVAL_DEFAULTS, **PRESETS.get(args.preset, {})}
-    options.update({k: v for k, v in vars(args).items() if k in EVAL_DEFAULTS and v is not None})
+    preset = PRESETS.get(args.preset, {})
     results = evaluate(
-        dataset=options["dataset"],
-        data_root=options["data_root"],
-        split=options["split"],
-        model=options["model"],
-        pretrained=options["pretrained"],
-        cache_dir=args.cache_dir,
-        templates=options["templates"],
-        classname_style=options["classnames"],
-        ensemble=options["ensemble"],
-        sweep=options["sweep"],
+        ensemble=args.ensemble or preset.get("ensemble", "all"),
+        sweep=bool(args.sweep or preset.get("sweep")),
         balance=args.balance,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        workers=args.workers,
-        limit=args.limit,
-        feature_cache=args.feature_cache,
-        use_cache=not args.no_cache,
-        progress=not args.quiet,
+        **_setup(args, preset),
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    _write_json(results, args.out)
     print(format_summary(results))
     if args.report:
         _write_report(results, args.report)
+    return 0
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="choose templates on held-out labelled images, report them on the test set",
+        description="Greedy forward selection and best subset (<= 12 templates) on labelled images "
+        "disjoint from the evaluation images (for CIFAR, part of the train split), then "
+        "the chosen subsets' accuracy on the evaluation split.",
+    )
+    _add_setup_options(p)
+    p.add_argument("--ensemble", default="embedding", help="method(s) to select for (comma list; default embedding)")
+    p.add_argument(
+        "--select-split",
+        help="split to choose on (default: train for CIFAR, else a held-out part of the evaluation split)",
+    )
+    p.add_argument("--select-size", type=_positive_int, default=5000, help="images to choose on (default 5000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw of those images (default 0)")
+
+
+def run_select(args: argparse.Namespace) -> int:
+    results = select(
+        ensemble=args.ensemble,
+        select_split=args.select_split,
+        select_size=args.select_size,
+        seed=args.seed,
+        **_setup(args),
+    )
+    _write_json(results, args.out)
+    print(format_selection(results))
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="exact McNemar test between two methods or template subsets",
+        description="A and B: METHOD (all templates), METHOD:1+3 (1-based templates) or template:N.",
+    )
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    _add_setup_options(p)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    results = compare(args.a, args.b, **_setup(args))
+    _write_json(results, args.out)
+    print(format_comparison(results))
     return 0
 
 
@@ -254,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipzs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_eval(sub)
+    _add_select(sub)
+    _add_compare(sub)
     _add_predict(sub)
 
     p = sub.add_parser("report", help="write the report (CSV, markdown, plots, HTML) of a results JSON")
@@ -277,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "eval": run_eval,
+    "select": run_select,
+    "compare": run_compare,
     "predict": run_predict,
     "report": run_report,
     "cache": run_cache,

@@ -56,7 +56,11 @@ def format_summary(results: dict, best: int = BEST_PER_METHOD) -> str:
             f"{i:>3}  {_pct(row['acc1'])}  {_pct(row['acc5'])}  {_pct(row['mean_per_class_recall'])}  {row['template']}"
         )
     swept = len({tuple(e["templates"]) for e in results["ensembles"]}) > 1
-    title = f"best {best} template subsets per method (by acc1)" if swept else "ensembles of all templates"
+    title = (
+        f"best {best} template subsets per method, chosen on these same images: optimistic, see `clipzs select`"
+        if swept
+        else "ensembles of all templates"
+    )
     lines += ["", f"{'method':<10} {'acc1':>6}  {'acc5':>6}  {'mpcr':>6}  templates   ({title})"]
     for method, group in groupby(results["ensembles"], key=lambda e: e["method"]):
         rows = list(group)
@@ -65,6 +69,13 @@ def format_summary(results: dict, best: int = BEST_PER_METHOD) -> str:
                 f"{method:<10} {_pct(row['acc1'])}  {_pct(row['acc5'])}  "
                 f"{_pct(row['mean_per_class_recall'])}  {_subset(row['templates'])}"
             )
+    for c in results.get("comparisons", []):
+        lines += [
+            "",
+            f"McNemar {c['a']} vs {c['b']}: {100 * c['acc1_a']:.2f}% vs {100 * c['acc1_b']:.2f}%, "
+            f"{c['a_only']} images right only in the first, {c['b_only']} only in the second, "
+            f"p = {c['p_value']:.3g}",
+        ]
     if "encoded" in results:
         encoded, prompts = results["encoded"], len(results["templates"]) * len(results["classes"])
         lines += [
@@ -78,6 +89,53 @@ def format_summary(results: dict, best: int = BEST_PER_METHOD) -> str:
         + ", ".join(f"{k} {v:.1f}" for k, v in results["seconds"].items()),
     ]
     return "\n".join(lines)
+
+
+def _with_ci(row: dict) -> str:
+    low, high = row["acc1_ci"]
+    return f"{100 * row['acc1']:6.2f} [{100 * low:5.2f}, {100 * high:5.2f}]"
+
+
+def format_selection(results: dict) -> str:
+    """`clipzs select`: each chooser's subset, its accuracy where it was chosen, and on the evaluation images."""
+    sel = results["selection"]
+    lines = [
+        f"templates chosen on {sel['num_images']} images of {results['dataset']}/{sel['split']} (seed {sel['seed']}), "
+        f"reported on {results['num_images']} other images of {results['dataset']}/{results['split']}; "
+        f"{results['model']} ({results['pretrained']}, {results['precision']})",
+        "",
+        f"{'method':<12} {'chooser':<15} {'templates':<22} {'chosen on':>9}  {'acc1 [95% CI] on evaluation images'}",
+    ]
+    for row in results["methods"]:
+        for key, name in (
+            ("greedy", "greedy forward"),
+            ("best_subset", "best subset"),
+            ("all_templates", "all templates"),
+            ("test_set_best", "test-set best"),
+        ):
+            if key in row:
+                choice = row[key]
+                chosen = f"{100 * choice['selection_acc1']:8.2f}%" if "selection_acc1" in choice else " " * 9
+                note = "  (optimistic: chosen on the evaluation images)" if choice.get("optimistic") else ""
+                lines.append(
+                    f"{row['method']:<12} {name:<15} {_subset(choice['templates']):<22} {chosen}  "
+                    f"{_with_ci(choice)}{note}"
+                )
+    return "\n".join(lines)
+
+
+def format_comparison(results: dict) -> str:
+    """`clipzs compare`: both accuracies with intervals and the exact McNemar test."""
+    a, b = results["a"], results["b"]
+    return "\n".join(
+        [
+            f"{results['dataset']}/{results['split']}: {results['num_images']} images; {results['model']}",
+            f"A {a['label']:<24} acc1 {_with_ci(a)}",
+            f"B {b['label']:<24} acc1 {_with_ci(b)}",
+            f"right only with A: {results['a_only']}, only with B: {results['b_only']}; exact McNemar p = "
+            f"{results['p_value']:.3g}",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
