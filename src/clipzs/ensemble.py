@@ -38,12 +38,19 @@ def scores(image: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch
 
 
 def vote_seed(preds: torch.Tensor) -> torch.Tensor:
-    """The original experiment's rule, literally: `max(set(p), key=p.count)` over each row of preds [N, S].
+    """The original experiment's rule, `max(set(p), key=p.count)`, over each row of preds [N, S].
 
-    Ties go to whichever tied class CPython's set iteration meets first; that is the rule being
-    reproduced, so it is evaluated in Python rather than re-derived.
+    Where one class has the most votes that is the answer whatever the order; only rows with a tie are
+    evaluated by the rule itself in Python, because ties go to whichever tied class CPython's set
+    iteration meets first, and that is the behaviour being reproduced.
     """
-    return torch.tensor([max(set(p), key=p.count) for p in preds.tolist()], dtype=torch.int64)
+    counts = torch.zeros(preds.shape[0], int(preds.max()) + 1, dtype=torch.int64)
+    counts.scatter_add_(1, preds, torch.ones_like(preds))
+    result = counts.argmax(dim=1)
+    tied = ((counts == counts.max(dim=1, keepdim=True).values).sum(dim=1) > 1).nonzero().flatten()
+    for i, p in zip(tied.tolist(), preds[tied].tolist(), strict=True):
+        result[i] = max(set(p), key=p.count)
+    return result
 
 
 def vote(logits: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Classification metrics as fractions in [0, 1], from predictions [N], class scores [N, C] and labels [N];
-bootstrap confidence intervals and McNemar's paired test from per-image outcomes [N]."""
+"""Classification metrics from predictions [N], class scores [N, C] and labels [N] (accuracies are means of
+per-image hits, fractions in [0, 1]); bootstrap confidence intervals and McNemar's paired test from
+per-image outcomes [N]."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ from .errors import ClipzsError
 _BOOTSTRAP_BLOCK = 1 << 22  # resampled indices held at once (32 MiB of int64)
 
 
-def top1(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of images whose prediction is the label."""
-    return (pred == labels).float().mean().item()
-
-
-def topk(class_scores: torch.Tensor | None, labels: torch.Tensor, k: int = 5) -> float | None:
-    """Fraction of images whose label is among the k highest scores; None without scores or with < k classes."""
+def topk_hits(class_scores: torch.Tensor | None, labels: torch.Tensor, k: int = 5) -> torch.Tensor | None:
+    """Whether each image's label is among its k highest scores [N]; None without scores or with < k classes."""
     if class_scores is None or class_scores.shape[1] < k:
         return None
-    best = class_scores.topk(k, dim=1).indices
-    return (best == labels[:, None]).any(dim=1).float().mean().item()
+    return (class_scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
 def per_class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -33,17 +28,6 @@ def per_class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
 def mean_per_class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
     """Mean recall over the classes that have images (balanced accuracy)."""
     return per_class_recall(pred, labels, num_classes).nanmean().item()
-
-
-def classification_metrics(
-    pred: torch.Tensor, class_scores: torch.Tensor | None, labels: torch.Tensor, num_classes: int
-) -> dict[str, float | None]:
-    """acc1, acc5 (None for vote methods) and mean per-class recall."""
-    return {
-        "acc1": top1(pred, labels),
-        "acc5": topk(class_scores, labels, 5),
-        "mean_per_class_recall": mean_per_class_recall(pred, labels, num_classes),
-    }
 
 
 def bootstrap_cis(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> torch.Tensor:

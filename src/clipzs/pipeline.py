@@ -20,7 +20,7 @@ from .datasets import CIFAR, ImageSet, classnames, load_dataset
 from .encode import CHUNK, Features, encode_images, encode_prompt_matrix
 from .ensemble import MAX_SWEEP_TEMPLATES, all_subsets, combine, parse_methods, scores
 from .errors import ClipzsError
-from .metrics import bootstrap_cis, classification_metrics, mcnemar
+from .metrics import bootstrap_cis, mcnemar, mean_per_class_recall, topk_hits
 from .models import ClipModel, load_model
 from .preprocess import split_preprocess
 from .prompts import PromptSet, prompt_set, read_prompts
@@ -55,10 +55,13 @@ def summarize(
     hits5: dict[int, torch.Tensor] = {}
 
     def record(row: dict, pred: torch.Tensor, class_scores: torch.Tensor | None) -> None:
-        row.update(classification_metrics(pred, class_scores, labels, num_classes))
-        hits1.append(pred == labels)
-        if row["acc5"] is not None:
-            hits5[len(rows)] = (class_scores.topk(5, dim=1).indices == labels[:, None]).any(dim=1)
+        hit1, hit5 = pred == labels, topk_hits(class_scores, labels, 5)
+        row["acc1"] = hit1.float().mean().item()
+        row["acc5"] = None if hit5 is None else hit5.float().mean().item()
+        row["mean_per_class_recall"] = mean_per_class_recall(pred, labels, num_classes)
+        hits1.append(hit1)
+        if hit5 is not None:
+            hits5[len(rows)] = hit5
         rows.append(row)
 
     for t, template in enumerate(templates):
