@@ -289,3 +289,10 @@ def test_browser_check_catches_a_broken_image_and_errors(browser, tmp_path):
     problems, images = load(browser, bad)
     assert any("boom" in p for p in problems)
     assert images[0]["width"] == 0
+
+
+def test_paired_test_and_optimistic_marker_are_in_every_view(results):
+    (c,) = results["comparisons"]
+    for text in (format_markdown(results), format_html(results, {}), format_summary(results)):
+        assert "McNemar" in text and "optimistic" in text
+        assert f"{c['p_value']:.3g}" in text

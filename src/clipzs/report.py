@@ -287,13 +287,33 @@ def tables(results: dict, best: int = BEST_PER_METHOD) -> dict[str, Table]:
             for rank, row in enumerate(sorted(group, key=lambda e: -e["acc1"])[:best], 1):
                 rows.append([method, str(rank), _subset(row["templates"]), *metric_cells(row)])
         out["best_subsets"] = Table(
-            f"Best {best} template subsets per method (by acc1)", ["method", "rank", "templates", *metric_head], rows
+            f"Best {best} template subsets per method (by acc1; chosen on these same images, so optimistic: "
+            "`clipzs select` chooses on held-out images)",
+            ["method", "rank", "templates", *metric_head],
+            rows,
         )
     everything = list(range(len(results["templates"])))
     full = [(m, row) for m, group in groups.items() for row in group if row["templates"] == everything]
     out["all_templates"] = Table(
         "All templates, per method", ["method", *metric_head], [[m, *metric_cells(row)] for m, row in full]
     )
+    if results.get("comparisons"):
+        out["comparisons"] = Table(
+            "Paired test (exact McNemar)",
+            ["A", "B", "acc1 A", "acc1 B", "right only with A", "right only with B", "p"],
+            [
+                [
+                    c["a"],
+                    c["b"],
+                    _fmt(c["acc1_a"]),
+                    _fmt(c["acc1_b"]),
+                    str(c["a_only"]),
+                    str(c["b_only"]),
+                    f"{c['p_value']:.3g}",
+                ]
+                for c in results["comparisons"]
+            ],
+        )
     return out
 
 
@@ -547,7 +567,7 @@ def format_html(results: dict, plots: dict[str, bytes], images: ImageSet | None 
     title = f"clipzs report: {results['dataset']}/{results['split']}"
     body = [f"<h1>{e(title)}</h1>", *(f"<p class=meta>{e(line)}</p>" for line in _header_lines(results))]
     found = tables(results)
-    beside = {"single": "template_accuracy", "all_templates": "subset_size", "best_subsets": None}
+    beside = {"single": "template_accuracy", "all_templates": "subset_size", "best_subsets": None, "comparisons": None}
     for key, plot in beside.items():  # the headline tables first, each with its plot beside it
         if key in found:
             body.append(_html_table(found[key], _html_plot(plot, plots[plot]) if plot in plots else ""))
