@@ -73,3 +73,10 @@ def test_preprocessing_split_and_batched_resize_reproduce_the_model_transform(cl
         expected = torch.stack([clip.preprocess(Image.fromarray(a)) for a in arrays])
         resized = resize_bicubic_like_pil(torch.from_numpy(arrays), 64)
         assert torch.equal(preprocessing.normalize(resized, torch.float32), expected), side
+
+
+def test_compiled_image_tower_matches_eager(clip, cifar_root):
+    images = load_cifar("cifar100", cifar_root).subset(range(7))  # a short last batch: padded, then cut
+    eager = encode_images(clip, images, batch_size=4, progress=False).features
+    compiled = encode_images(clip, images, batch_size=4, progress=False, compile=True).features
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)

@@ -50,7 +50,7 @@ def _add_model_options(p: argparse.ArgumentParser, model_default: str | None = N
     p.add_argument("--cache-dir", help="where OpenAI checkpoints are kept (default $CLIPZS_CACHE or ~/.cache/clip)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cuda when available)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), help="default fp32 on CPU, fp16 on CUDA")
-    p.add_argument("--batch-size", type=_positive_int, help="images per batch (default 64 on CPU, 256 on CUDA)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per batch (default 32 on CPU, 256 on CUDA)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -121,6 +121,12 @@ def _add_setup_options(p: argparse.ArgumentParser) -> None:
         "--feature-cache", help="feature cache folder (default $CLIPZS_FEATURE_CACHE or ~/.cache/clipzs/features)"
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile the image tower with torch.compile (pays off only for large image sets)",
+    )
     p.add_argument("--out", type=Path, help="write the results JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

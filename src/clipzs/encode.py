@@ -7,8 +7,10 @@ change the result, and a 77-token context mostly holds padding (the seed prompts
 
 from __future__ import annotations
 
+import ctypes
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,7 @@ from .prompts import build_prompts
 
 TEXT_BATCH = 256
 CHUNK = 1024  # images per cache chunk: what an interruption can lose
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
 @dataclass(frozen=True)
@@ -168,22 +171,50 @@ def _batches(ranges: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
     return [list(range(s, min(s + batch_size, stop))) for start, stop in ranges for s in range(start, stop, batch_size)]
 
 
+def keep_malloc_arenas() -> None:
+    """Stop glibc from returning large freed buffers to the OS and faulting them in again on every batch.
+
+    Measured with ViT-B/32 in bf16 at batch 64 on 2 cores: 31 images/s with glibc's defaults, 38 with
+    these (the same as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=
+    4294967296`). Process-wide and harmless elsewhere; a no-op where glibc is absent.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 4 << 30)
+
+
+def image_encoder(clip: ClipModel, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`clip.model.encode_image`, or that compiled by Inductor with the weights frozen into the graph
+    (`compile`): tens of seconds to compile, so only worth it for large image sets (docs/benchmarks.md)."""
+    if not compile:
+        return clip.model.encode_image
+    import torch._inductor.config
+
+    torch._inductor.config.freezing = True
+    return torch.compile(clip.model.encode_image, dynamic=False)
+
+
 @torch.inference_mode()
 def encode_images(
     clip: ClipModel,
     images: ImageSet,
-    batch_size: int = 64,
+    batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
     cache: ImageEntry | None = None,
     resize_on_device: bool | None = None,
+    compile: bool = False,
 ) -> Encoded:
     """Unit-norm features [N, D] (float32, CPU) of every image, through the model's own preprocessing.
 
     Images are encoded in chunks of CHUNK; with a cache each finished chunk is stored at once, so an
     interrupted run resumes from the first chunk it does not hold. `workers` DataLoader processes run
     the PIL steps (default: none on CPU, where the model already uses every core, or when images are
-    resized on the device; up to 8 to feed a GPU).
+    resized on the device; up to 8 to feed a GPU). With `compile` every batch is padded to `batch_size` so
+    that a single graph serves them all.
     """
     preprocessing = split_preprocess(clip.preprocess)
     ranges = cache.missing() if cache else [(s, min(s + CHUNK, len(images))) for s in range(0, len(images), CHUNK)]
@@ -195,6 +226,9 @@ def encode_images(
     loader = DataLoader(
         source, batch_sampler=_batches(ranges, batch_size), num_workers=workers, pin_memory=clip.device.type == "cuda"
     )
+    if clip.device.type == "cpu":
+        keep_malloc_arenas()
+    encoder = image_encoder(clip, compile and todo > 0)
     features = None
     done: list[torch.Tensor] = []
     pending = iter(ranges)
@@ -204,7 +238,10 @@ def encode_images(
             x = batch.to(clip.device, non_blocking=True)
             if on_device:
                 x = resize_bicubic_like_pil(x, preprocessing.square)
-            out = clip.model.encode_image(preprocessing.normalize(x, clip.dtype))
+            x = preprocessing.normalize(x, clip.dtype)
+            if compile and len(x) < batch_size:
+                x = torch.cat([x, x.new_zeros(batch_size - len(x), *x.shape[1:])])
+            out = encoder(x)[: len(batch)]
             done.append(F.normalize(out.float(), dim=-1).cpu())
             bar.update(len(batch))
             if sum(len(d) for d in done) == stop - start:
