@@ -30,7 +30,7 @@ REPO = HERE.parent
 JOBS_SCRIPT = HERE / "bench_jobs.py"
 MODEL = "ViT-B/32"
 REFERENCE_JOB = "clipzs-embedding-fp32"
-SKIPPABLE = ("original", "clip-benchmark", "clipzs", "sweep", "cached", "fp32", "bf16", "text")
+SKIPPABLE = ("original", "clip-benchmark", "head-to-head", "clipzs", "sweep", "cached", "fp32", "bf16", "text")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 DISTRIBUTIONS = ("clipzs", "torch", "open_clip_torch", "clip-benchmark", "numpy", "pillow", "scikit-learn")
 
@@ -76,12 +76,12 @@ def clipzs_job(name: str, label: str, flags: list[str], spec: dict, tags: frozen
         *flags,
         *("--feature-cache", str(features), "--out", str(result), "--quiet"),
     ]
-    return Job(name, label, "clipzs", tags | {"clipzs"}, argv, result, () if cache != name else (features,))
+    return Job(name, label, "clipzs", tags, argv, result, () if cache != name else (features,))
 
 
 def clipzs_jobs(spec: dict, precision: str) -> list[Job]:
     """`clipzs eval` with the embedding ensemble and with the full sweep of every method, from a cold cache."""
-    tags = frozenset({precision})
+    tags = frozenset({"clipzs", precision})
     embedding, sweep = f"clipzs-embedding-{precision}", f"clipzs-sweep-{precision}"
     embedding_flags = ["--ensemble", "embedding", "--precision", precision]
     sweep_flags = ["--ensemble", "all", "--sweep", "--precision", precision]
@@ -94,10 +94,19 @@ def clipzs_jobs(spec: dict, precision: str) -> list[Job]:
 def cached_rerun_job(spec: dict) -> Job:
     """The fp32 sweep again, on the feature cache its first run filled: what a repeated evaluation costs."""
     flags = ["--ensemble", "all", "--sweep", "--precision", "fp32"]
-    tags = frozenset({"fp32", "sweep", "cached"})
+    tags = frozenset({"clipzs", "fp32", "sweep", "cached"})
     return clipzs_job(
         "clipzs-sweep-fp32-cached", "clipzs --sweep all fp32, cached", flags, spec, tags, "clipzs-sweep-fp32"
     )
+
+
+def head_to_head_job(spec: dict, precision: str) -> Job:
+    """`clipzs eval --ensemble embedding` on CLIP_benchmark's images: the same job, whole process against whole
+    process (fp32 against its amp off, bf16 against its default amp)."""
+    name = f"clipzs-{spec['images']}-{precision}"
+    flags = ["--ensemble", "embedding", "--precision", precision]
+    label = f"clipzs embedding {precision}, same images"
+    return clipzs_job(name, label, flags, spec, frozenset({"head-to-head", precision}), name)
 
 
 def text_job(common: dict, precision: str, jobs_dir: Path) -> Job:
@@ -115,6 +124,8 @@ def plan(args: argparse.Namespace, checkpoint: Path, data_root: Path, jobs_dir: 
         worker_job("original", "original loop fp32", "original", {**common, "images": args.original_images}, jobs_dir),
         worker_job("clip-benchmark-amp", "CLIP_benchmark default amp", "clip-benchmark", cb, jobs_dir),
         worker_job("clip-benchmark-fp32", "CLIP_benchmark amp off", "clip-benchmark", {**cb, "amp": False}, jobs_dir),
+        head_to_head_job({**cb, "jobs_dir": str(jobs_dir)}, "fp32"),
+        head_to_head_job({**cb, "jobs_dir": str(jobs_dir)}, "bf16"),
         *clipzs_jobs(full, "fp32"),
         *clipzs_jobs(full, "bf16"),
         cached_rerun_job(full),
@@ -254,6 +265,19 @@ def jobs_table(rows: list[dict], total_images: int) -> str:
     return table([*headers, "same pred", "time / clipzs fp32"], body)
 
 
+def head_to_head_table(rows: list[dict], images: int) -> str:
+    """CLIP_benchmark against clipzs on the same `images` images, whole process against whole process."""
+    by_name = {r["name"]: r for r in rows if r["returncode"] == 0}
+    pairs = [("clip-benchmark-fp32", f"clipzs-{images}-fp32"), ("clip-benchmark-amp", f"clipzs-{images}-bf16")]
+    body = []
+    for theirs, ours in pairs:
+        if theirs in by_name and ours in by_name:
+            a, b = by_name[theirs], by_name[ours]
+            body.append([f"{a['label']} vs {b['label']}", fmt(a["result"]["images"], "d"), fmt(a["wall_s"], ".1f"),
+                         fmt(b["wall_s"], ".1f"), fmt(a["wall_s"] / b["wall_s"], ".2f")])  # fmt: skip
+    return table(["same job, same images", "images", "CLIP_benchmark s", "clipzs s", "clipzs faster by"], body)
+
+
 def text_table(rows: list[dict]) -> str:
     """Text encoding of the 500 seed prompts: trimmed (clipzs) against plain 77-token `encode_text`."""
     body = [
@@ -313,7 +337,8 @@ def benchmark(args: argparse.Namespace) -> int:
     out = args.out or workdir / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    tables = [jobs_table(rows, args.images)] + ([text_table(rows)] if any(r["kind"] == "text" for r in rows) else [])
+    tables = [jobs_table(rows, args.images), head_to_head_table(rows, min(args.clip_benchmark_images, args.images))]
+    tables += [text_table(rows)] if any(r["kind"] == "text" for r in rows) else []
     print(*tables, f"results: {out}", sep="\n\n")
     return 0 if all(r["returncode"] == 0 for r in rows) else 1
 

@@ -11,33 +11,24 @@ from __future__ import annotations
 
 import inspect
 import json
-import pickle
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import helpers  # noqa: E402  (the tests' fixtures: random weights in OpenAI's format, CIFAR-format data)
 
 from clipzs.datasets import ImageSet, load_dataset
 from clipzs.encode import TEXT_BATCH, encode_text
 from clipzs.models import ClipModel, load_model
 from clipzs.prompts import build_prompts, load_templates
 
-CIFAR100_CLASSES = (  # noqa: SIM905 (one string reads better than 100 quoted names)
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel "
-    "can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
-    "dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
-    "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree "
-    "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
-    "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
-    "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
-    "worm"
-).split()
 MODEL = "ViT-B/32"
 OPEN_CLIP_CONFIG = "ViT-B-32-quickgelu"
 SEED = 0
@@ -47,82 +38,10 @@ TEXT_REPEATS = 2
 # ---------------------------------------------------------------- setup: synthetic checkpoint and data
 
 
-class _OpenAIStyle(torch.nn.Module):
-    """Holds tensors under OpenAI's key names plus the extra buffers OpenAI's archives carry."""
-
-    def __init__(self, state: dict[str, torch.Tensor], image_size: int):
-        super().__init__()
-        for key, value in state.items():
-            module = self
-            *parents, leaf = key.split(".")
-            for part in parents:
-                if not hasattr(module, part):
-                    module.add_module(part, torch.nn.Module())
-                module = getattr(module, part)
-            module.register_buffer(leaf, value.clone())
-        self.register_buffer("input_resolution", torch.tensor(image_size))
-        self.register_buffer("context_length", torch.tensor(77))
-        self.register_buffer("vocab_size", torch.tensor(49408))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.logit_scale
-
-
-def random_vit_b32() -> dict[str, torch.Tensor]:
-    """Seeded random ViT-B/32 weights with OpenAI's logit scale (100).
-
-    The image tower's class and position embeddings are zeroed so that its output depends on the image
-    content: plain random weights map every image to nearly the same feature and class, which would make
-    the accuracy column (a cross-check between jobs, not a quality measure) say nothing.
-    """
-    torch.manual_seed(SEED)
-    model = open_clip.create_model(OPEN_CLIP_CONFIG)
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(100.0))
-        model.visual.class_embedding.zero_()
-        model.visual.positional_embedding.zero_()
-    return model.state_dict()
-
-
-def save_openai_checkpoint(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """A TorchScript archive with fp16 weights, as OpenAI ships its `.pt` checkpoints."""
-    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    torch.jit.script(_OpenAIStyle(half, image_size=224)).save(str(path))
-    return path
-
-
-def cifar_pixels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[N, 3072] uint8 images (CIFAR's channel-major rows) whose colour and stripes depend on the label."""
-    base = np.stack([labels * 37 % 256, labels * 91 % 256, labels * 151 % 256], axis=1)[:, :, None, None]
-    noise = rng.integers(0, 64, size=(len(labels), 3, 32, 32))
-    stripes = ((np.arange(32)[None, :] + labels[:, None]) % 8 < 4)[:, None, None, :] * 60
-    return np.clip(base + noise + stripes, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
-
-
-def write_cifar100_test(root: Path, n: int) -> Path:
-    """root/cifar-100-python/{test,meta} in the official pickle layout, with `n` synthetic test images."""
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(SEED)
-    fine = rng.integers(0, 100, size=n)
-    test = {
-        "filenames": [f"test_{i}.png" for i in range(n)],
-        "batch_label": "test batch",
-        "fine_labels": fine.tolist(),
-        "coarse_labels": (fine // 5).tolist(),
-        "data": cifar_pixels(fine, rng),
-    }
-    meta = {"fine_label_names": CIFAR100_CLASSES, "coarse_label_names": [f"super{i}" for i in range(20)]}
-    for name, content in (("test", test), ("meta", meta)):
-        with open(folder / name, "wb") as f:
-            pickle.dump(content, f, protocol=2)
-    return root
-
-
 def job_setup(spec: dict) -> dict:
     """Write the checkpoint and the data set; report what torch sees of the machine."""
-    save_openai_checkpoint(random_vit_b32(), Path(spec["checkpoint"]))
-    write_cifar100_test(Path(spec["data_root"]), spec["images"])
+    helpers.save_torchscript_fp16(helpers.random_state_dict(OPEN_CLIP_CONFIG, SEED), Path(spec["checkpoint"]), 224)
+    helpers.write_cifar100(Path(spec["data_root"]), n_test=spec["images"], n_train=None, seed=SEED)
     return {
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),

@@ -37,16 +37,19 @@ def write_config(directory: Path, name: str = "clipzs-tiny-vit", config: dict | 
     return path
 
 
-def random_state_dict(config_path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A randomly initialised model's weights, with logit_scale set as OpenAI's (100 after exp).
+def random_state_dict(config: Path | str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A randomly initialised model's weights (a config .json, or an open_clip config name), with
+    logit_scale set as OpenAI's (100 after exp).
 
     The image tower's class and position embeddings are zeroed so that its output depends on the image
     content alone: plain random weights map every image to almost the same feature (one predicted class
     for all), which would make prediction-level tests weak.
     """
-    open_clip.add_model_config(str(config_path))
+    if str(config).endswith(".json"):
+        open_clip.add_model_config(str(config))
+        config = Path(config).stem
     torch.manual_seed(seed)
-    model = open_clip.create_model(config_path.stem)
+    model = open_clip.create_model(config)
     with torch.no_grad():
         model.logit_scale.fill_(np.log(100.0))
         if hasattr(model.visual, "class_embedding"):
@@ -105,12 +108,14 @@ def cifar_pixels(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(base + noise + stripes, 0, 255).astype(np.uint8).reshape(n, 3072)
 
 
-def write_cifar100(root: Path, n_test: int = 40, n_train: int = 60, seed: int = 0) -> Path:
-    """root/cifar-100-python/{train,test,meta} in the official pickle layout."""
+def write_cifar100(root: Path, n_test: int = 40, n_train: int | None = 60, seed: int = 0) -> Path:
+    """root/cifar-100-python/{train,test,meta} in the official pickle layout (no train file if n_train is None)."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for split, n in (("test", n_test), ("train", n_train)):
+        if n is None:
+            continue
         fine = rng.integers(0, 100, size=n)
         batch = {
             "filenames": [f"{split}_{i}.png" for i in range(n)],

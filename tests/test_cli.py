@@ -48,7 +48,8 @@ def test_preset_seed_runs_offline_with_local_files_and_writes_the_full_sweep(eva
     for key in ("model", "pretrained", "precision", "templates", "seconds"):
         assert key in results
     printed = capsys.readouterr().out
-    assert "Wow look at {}!" in printed and "best 5 template subsets" in printed
+    assert "Wow look at {}!" in printed and "acc1 of every template subset" in printed
+    assert len([line for line in printed.splitlines() if line.startswith("{")]) == 31  # one row per subset
 
 
 def test_single_templates_agree_with_singleton_ensembles(eval_args, tmp_path):

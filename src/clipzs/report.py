@@ -14,7 +14,6 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from .datasets import ImageSet
 
 BEST_PER_METHOD = 5
+MATRIX_SUBSETS = 63  # the printed summary shows every subset as a row up to 6 templates
 METRICS = ("acc1", "acc5", "mean_per_class_recall")
 METRIC_LABELS = {"acc1": "acc1", "acc5": "acc5", "mean_per_class_recall": "mpcr"}
 TOP_CONFUSIONS = 15
@@ -44,29 +44,54 @@ def _subset(templates: list[int]) -> str:
     return "{" + ",".join(str(t + 1) for t in templates) + "}"
 
 
+def _with_ci(row: dict) -> str:
+    if "acc1_ci" not in row:
+        return _pct(row["acc1"])
+    low, high = row["acc1_ci"]
+    return f"{100 * row['acc1']:6.2f} [{100 * low:5.2f}, {100 * high:5.2f}]"
+
+
 def format_summary(results: dict, best: int = BEST_PER_METHOD) -> str:
     """Single-template table, then the best template subsets of each ensemble method (1-based indices)."""
     head = (
         f"{results['dataset']}/{results['split']}: {results['num_images']} images, {len(results['classes'])} "
         f"classes; {results['model']} ({results['pretrained']}, {results['precision']}, {results['device']})"
     )
-    lines = [head, "", f"{'#':>3}  {'acc1':>6}  {'acc5':>6}  {'mpcr':>6}  template"]
+    lines = [head, "", f"{'#':>3}  {'acc1 [95% CI]':<24} {'acc5':>6}  {'mpcr':>6}  template"]
     for i, row in enumerate(results["single"], 1):
         lines.append(
-            f"{i:>3}  {_pct(row['acc1'])}  {_pct(row['acc5'])}  {_pct(row['mean_per_class_recall'])}  {row['template']}"
+            f"{i:>3}  {_with_ci(row):<24} {_pct(row['acc5'])}  {_pct(row['mean_per_class_recall'])}  {row['template']}"
         )
-    swept = len({tuple(e["templates"]) for e in results["ensembles"]}) > 1
+    groups = method_groups(results)
+    subsets = list(dict.fromkeys(tuple(e["templates"]) for e in results["ensembles"]))
+    if len(subsets) > 1 and len(subsets) <= MATRIX_SUBSETS:
+        lines += [
+            "",
+            "acc1 of every template subset (rows) by method (columns); the best of each column was "
+            "chosen on these same images, so it is optimistic (see `clipzs select`)",
+            "",
+        ]
+        lines.append(f"{'templates':<16}" + "".join(f"{m:>{max(9, len(m) + 2)}}" for m in groups))
+        acc = {(m, tuple(e["templates"])): e["acc1"] for m, rows in groups.items() for e in rows}
+        for subset in subsets:
+            lines.append(
+                f"{_subset(list(subset)):<16}"
+                + "".join(f"{_pct(acc.get((m, subset))):>{max(9, len(m) + 2)}}" for m in groups)
+            )
+    swept = len(subsets) > 1
+    if len(subsets) <= MATRIX_SUBSETS:
+        best = 1  # the matrix above shows the rest
+    chosen = "the best template subset of each method" if best == 1 else f"the best {best} template subsets per method"
     title = (
-        f"best {best} template subsets per method, chosen on these same images: optimistic, see `clipzs select`"
+        f"{chosen}, chosen on these same images: optimistic, see `clipzs select`"
         if swept
-        else "ensembles of all templates"
+        else ("ensembles of all templates")
     )
-    lines += ["", f"{'method':<10} {'acc1':>6}  {'acc5':>6}  {'mpcr':>6}  templates   ({title})"]
-    for method, group in groupby(results["ensembles"], key=lambda e: e["method"]):
-        rows = list(group)
+    lines += ["", title, "", f"{'method':<18} {'acc1 [95% CI]':<24} {'acc5':>6}  {'mpcr':>6}  templates"]
+    for method, rows in groups.items():
         for row in sorted(rows, key=lambda e: -e["acc1"])[:best] if swept else rows:
             lines.append(
-                f"{method:<10} {_pct(row['acc1'])}  {_pct(row['acc5'])}  "
+                f"{method:<18} {_with_ci(row):<24} {_pct(row['acc5'])}  "
                 f"{_pct(row['mean_per_class_recall'])}  {_subset(row['templates'])}"
             )
     for c in results.get("comparisons", []):
@@ -89,11 +114,6 @@ def format_summary(results: dict, best: int = BEST_PER_METHOD) -> str:
         + ", ".join(f"{k} {v:.1f}" for k, v in results["seconds"].items()),
     ]
     return "\n".join(lines)
-
-
-def _with_ci(row: dict) -> str:
-    low, high = row["acc1_ci"]
-    return f"{100 * row['acc1']:6.2f} [{100 * low:5.2f}, {100 * high:5.2f}]"
 
 
 def format_selection(results: dict) -> str:
