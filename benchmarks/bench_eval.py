@@ -71,7 +71,7 @@ def clipzs_job(name: str, label: str, flags: list[str], spec: dict, tags: frozen
         str(Path(sys.executable).parent / "clipzs"),
         "eval",
         *("--model", MODEL, "--pretrained", spec["checkpoint"], "--data-root", spec["data_root"]),
-        *("--templates", "seed", "--classnames", "raw", "--device", "cpu"),
+        *("--templates", "seed", "--classnames", "raw", "--device", spec["device"]),
         *("--batch-size", str(spec["batch_size"]), "--limit", str(spec["images"])),
         *flags,
         *("--feature-cache", str(features), "--out", str(result), "--quiet"),
@@ -117,7 +117,12 @@ def text_job(common: dict, precision: str, jobs_dir: Path) -> Job:
 
 def plan(args: argparse.Namespace, checkpoint: Path, data_root: Path, jobs_dir: Path) -> list[Job]:
     """Every measured job, minus those with a tag in `--skip`."""
-    common = {"checkpoint": str(checkpoint), "data_root": str(data_root), "batch_size": args.batch_size}
+    common = {
+        "checkpoint": str(checkpoint),
+        "data_root": str(data_root),
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
     full = {**common, "images": args.images, "jobs_dir": str(jobs_dir)}
     cb = {**common, "images": min(args.clip_benchmark_images, args.images)}
     jobs = [
@@ -302,6 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-benchmark-images", type=int, default=1024, help="images for CLIP_benchmark (1024)")
     p.add_argument("--batch-size", type=int, default=32, help="image batch size of clipzs and CLIP_benchmark (32)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every job (default: unset, torch's choice)")
+    p.add_argument("--device", default="cpu", help="device of every job: cpu (default) or cuda")
     p.add_argument("--skip", nargs="+", default=[], choices=SKIPPABLE, help="leave out the jobs with these tags")
     p.add_argument("--workdir", type=Path, default=REPO / "bench-out", help="generated inputs, logs (bench-out/)")
     p.add_argument("--out", type=Path, help="results JSON (default WORKDIR/bench.json)")

@@ -56,7 +56,7 @@ def job_setup(spec: dict) -> dict:
 
 def load_inputs(spec: dict) -> tuple[ClipModel, ImageSet]:
     """The model at the spec's precision, through clipzs's loader, and the first `images` test images."""
-    clip = load_model(MODEL, spec["checkpoint"], device="cpu", precision=spec.get("precision", "fp32"))
+    clip = load_model(MODEL, spec["checkpoint"], device=spec["device"], precision=spec.get("precision", "fp32"))
     images = load_dataset("cifar100", spec["data_root"], "test")
     return clip, images.subset(range(min(spec["images"], len(images))))
 
@@ -66,9 +66,9 @@ def original_predict(clip: ClipModel, image, templates: list[str], classes: list
     preds = []
     for template in templates:
         with torch.no_grad():
-            text = clip.tokenizer([template.format(c) for c in classes])
+            text = clip.tokenizer([template.format(c) for c in classes]).to(clip.device)
             text_features = clip.model.encode_text(text)
-            image_features = clip.model.encode_image(clip.preprocess(image).unsqueeze(0))
+            image_features = clip.model.encode_image(clip.preprocess(image).unsqueeze(0).to(clip.device, clip.dtype))
         image_features /= image_features.norm(dim=-1, keepdim=True)
         text_features /= text_features.norm(dim=-1, keepdim=True)
         probs = (100.0 * image_features @ text_features.T).softmax(dim=-1)
@@ -150,7 +150,7 @@ def job_clip_benchmark(spec: dict) -> dict:
     zs.run_classification = recorded(zs.run_classification, store, "classify")
     zs.accuracy = scalar_safe_accuracy
     metrics = recorded(zs.evaluate, store, "evaluate")(
-        clip.model, loader, clip.tokenizer, list(images.classes), templates, "cpu", amp=amp
+        clip.model, loader, clip.tokenizer, list(images.classes), templates, spec["device"], amp=amp
     )
     logits, _ = store["classify"]
     return {
@@ -161,7 +161,7 @@ def job_clip_benchmark(spec: dict) -> dict:
         "pred": logits.argmax(dim=1).tolist(),
         "evaluate_s": store["evaluate_s"],
         "amp": amp,
-        "autocast_dtype": str(torch.get_autocast_dtype("cpu")) if amp else None,
+        "autocast_dtype": str(torch.get_autocast_dtype(clip.device.type)) if amp else None,
         "batch_size": spec["batch_size"],
         "workers": 0,
         "threads": torch.get_num_threads(),
@@ -171,9 +171,9 @@ def job_clip_benchmark(spec: dict) -> dict:
 @torch.inference_mode()
 def plain_encode_text(clip: ClipModel, prompts: list[str], batch_size: int = TEXT_BATCH) -> torch.Tensor:
     """Unit-norm features [P, D] from `model.encode_text` on full 77-token rows: the untrimmed reference."""
-    tokens = clip.tokenizer(prompts)
+    tokens = clip.tokenizer(prompts).to(clip.device)
     chunks = [clip.model.encode_text(tokens[s : s + batch_size]).float() for s in range(0, len(prompts), batch_size)]
-    return F.normalize(torch.cat(chunks), dim=-1)
+    return F.normalize(torch.cat(chunks), dim=-1).cpu()
 
 
 def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
