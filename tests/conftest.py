@@ -38,3 +38,17 @@ def private_caches(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's caches: features and checkpoints go to fresh folders."""
     monkeypatch.setenv("CLIPZS_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
     monkeypatch.setenv("CLIPZS_CACHE", str(tmp_path_factory.mktemp("checkpoints")))
+
+
+@pytest.fixture
+def tiny_args(tiny_config, tiny_checkpoint, cifar_root) -> list[str]:
+    """CLI options that point any command at the tiny model and the CIFAR-format test data."""
+    return [
+        "--model",
+        str(tiny_config),
+        "--pretrained",
+        str(tiny_checkpoint),
+        "--data-root",
+        str(cifar_root),
+        "--quiet",
+    ]

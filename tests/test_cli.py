@@ -12,17 +12,8 @@ from clipzs.ensemble import METHODS, all_subsets
 
 
 @pytest.fixture
-def eval_args(tiny_config, tiny_checkpoint, cifar_root):
-    return [
-        "eval",
-        "--model",
-        str(tiny_config),
-        "--pretrained",
-        str(tiny_checkpoint),
-        "--data-root",
-        str(cifar_root),
-        "--quiet",
-    ]
+def eval_args(tiny_args):
+    return ["eval", *tiny_args]
 
 
 def test_preset_seed_runs_offline_with_local_files_and_writes_the_full_sweep(eval_args, tmp_path, capsys):

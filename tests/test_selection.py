@@ -69,7 +69,7 @@ def test_select_reports_chosen_subsets_on_the_evaluation_images(tiny_config, tin
         assert len(row["greedy"]["path"]) == 5
 
 
-def test_compare_specs_and_mcnemar(tiny_config, tiny_checkpoint, cifar_root, capsys):
+def test_compare_specs_and_mcnemar(tiny_config, tiny_checkpoint, cifar_root, tiny_args, capsys):
     assert parse_spec("embedding", 5) == ("embedding", (0, 1, 2, 3, 4))
     assert parse_spec("vote-seed:3+1", 5) == ("vote-seed", (0, 2))
     assert parse_spec("template:4", 5) == (None, (3,)) == parse_spec("4", 5)
@@ -80,16 +80,7 @@ def test_compare_specs_and_mcnemar(tiny_config, tiny_checkpoint, cifar_root, cap
     results = compare("embedding", "template:3", **options)
     assert results["a"]["label"] == "embedding{1,2,3,4,5}" and results["b"]["label"] == "template 3"
     assert results["a"]["acc1"] - results["b"]["acc1"] == pytest.approx((results["a_only"] - results["b_only"]) / 40)
-    args = [
-        "--model",
-        str(tiny_config),
-        "--pretrained",
-        str(tiny_checkpoint),
-        "--data-root",
-        str(cifar_root),
-        "--quiet",
-    ]
-    assert main(["compare", "logit:1+2", "2", *args]) == 0
+    assert main(["compare", "logit:1+2", "2", *tiny_args]) == 0
     assert "exact McNemar p = " in capsys.readouterr().out
-    assert main(["select", "--select-size", "10", *args]) == 0
+    assert main(["select", "--select-size", "10", *tiny_args]) == 0
     assert "optimistic" in capsys.readouterr().out
