@@ -258,9 +258,10 @@ def load_model(
     cache_dir = Path(cache_dir).expanduser() if cache_dir else None
 
     tag = path = checkpoint = None
-    if pretrained == "openai" and openai_name(name):
-        path = openai_checkpoint(openai_name(name), cache_dir)
-        checkpoint = f"sha256:{openai_sha256(openai_name(name))}"
+    openai = openai_name(name)
+    if pretrained == "openai" and openai:
+        path = openai_checkpoint(openai, cache_dir)
+        checkpoint = f"sha256:{openai_sha256(openai)}"
     elif pretrained != RANDOM and _looks_like_file(pretrained):
         path = Path(pretrained).expanduser()
     elif pretrained != RANDOM:
@@ -273,9 +274,11 @@ def load_model(
         tag = pretrained
 
     state = read_state_dict(path) if path else None
-    torch.manual_seed(0)
     try:
-        with _quiet_logging(tag is None):  # open_clip warns "initialized randomly" before we load weights
+        # seeded random initialisation without touching the caller's random state; open_clip warns
+        # "initialized randomly" before we load weights
+        with torch.random.fork_rng(), _quiet_logging(tag is None):
+            torch.manual_seed(0)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 config, pretrained=tag, cache_dir=str(cache_dir) if cache_dir and tag else None
             )

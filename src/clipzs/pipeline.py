@@ -161,9 +161,9 @@ class Encoding:
     seconds: dict[str, float]
 
 
-def load_images(setup: Setup, split: str | None = None) -> ImageSet:
+def load_images(setup: Setup) -> ImageSet:
     """The dataset split of `setup` (its first `limit` images), checked to be non-empty."""
-    images = load_dataset(setup.dataset, setup.data_root, split or setup.split)
+    images = load_dataset(setup.dataset, setup.data_root, setup.split)
     if setup.limit is not None:
         if setup.limit < 1:
             raise ClipzsError(f"--limit must be at least 1, got {setup.limit}")
