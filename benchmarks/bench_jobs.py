@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import helpers  # noqa: E402  (the tests' fixtures: random weights in OpenAI's format, CIFAR-format data)
 
-from clipzs.datasets import ImageSet, load_dataset
 from clipzs.encode import TEXT_BATCH, encode_text
 from clipzs.models import ClipModel, load_model
 from clipzs.prompts import build_prompts, load_templates
+from clipzs.sources import ImageSource
+from clipzs.sources.cifar import load_cifar
 
 MODEL = "ViT-B/32"
 OPEN_CLIP_CONFIG = "ViT-B-32-quickgelu"
@@ -54,10 +55,10 @@ def job_setup(spec: dict) -> dict:
 # ---------------------------------------------------------------- measured jobs
 
 
-def load_inputs(spec: dict) -> tuple[ClipModel, ImageSet]:
+def load_inputs(spec: dict) -> tuple[ClipModel, ImageSource]:
     """The model at the spec's precision, through clipzs's loader, and the first `images` test images."""
     clip = load_model(MODEL, spec["checkpoint"], device=spec["device"], precision=spec.get("precision", "fp32"))
-    images = load_dataset("cifar100", spec["data_root"], "test")
+    images = load_cifar("cifar100", spec["data_root"], "test", download=False)
     return clip, images.subset(range(min(spec["images"], len(images))))
 
 
@@ -83,7 +84,7 @@ def job_original(spec: dict) -> dict:
     times, preds = [], []
     for i in range(len(images)):
         start = time.perf_counter()
-        preds.append(original_predict(clip, images.image(i), templates, classes))
+        preds.append(original_predict(clip, images.load(i), templates, classes))
         times.append(time.perf_counter() - start)
     return {
         "images": len(images),
@@ -100,14 +101,14 @@ def job_original(spec: dict) -> dict:
 class LabelledImages(Dataset):
     """(preprocess(PIL image), label) pairs with a `classes` list, as CLIP_benchmark's datasets yield."""
 
-    def __init__(self, images: ImageSet, transform: Callable):
+    def __init__(self, images: ImageSource, transform: Callable):
         self.images, self.transform, self.classes = images, transform, list(images.classes)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images.image(i)), int(self.images.labels[i])
+        return self.transform(self.images.load(i)), int(self.images.labels[i])
 
 
 def recorded(fn: Callable, store: dict, key: str) -> Callable:

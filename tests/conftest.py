@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests' models and tensors are tiny: a second thread only adds synchronisation (and, on a busy machine,
+# waits for a core), so the tests and the processes they start use one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import helpers  # noqa: E402
@@ -35,9 +38,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_state) -> Path:
 
 @pytest.fixture(autouse=True)
 def private_caches(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's caches: features and checkpoints go to fresh folders."""
+    """No test reads or writes the user's caches: features, checkpoints and the Hugging Face hub cache go to
+    fresh folders."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("CLIPZS_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
     monkeypatch.setenv("CLIPZS_CACHE", str(tmp_path_factory.mktemp("checkpoints")))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub")))
 
 
 @pytest.fixture

@@ -17,18 +17,21 @@ from clipzs.cache import CorruptCacheWarning, FeatureCache, default_root, descri
 
 KEY = {"model": "ViT-B/32", "checkpoint": "sha256:ab", "precision": "fp32", "dataset": "cifar100", "split": "test"}
 
-# Workers load cache.py by path: it needs only numpy, and `import clipzs` would cost seconds of torch import.
+# Workers are separate processes, as concurrent runs are. They import the package without running its __init__,
+# which could import torch (seconds). They never sleep: each waits on its stdin, a pipe, until the parent says go
+# (a line, or closing the pipe), so the parent decides the order of events.
 WORKER = r"""
-import importlib.util, os, sys, time
+import sys, types
 import numpy as np
 
-path, mode, root, go, *args = sys.argv[1:]
-spec = importlib.util.spec_from_file_location("clipzs_cache", path)
-cache = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cache)
-store = cache.FeatureCache(root)
+package, mode, root, *args = sys.argv[1:]
+sys.modules["clipzs"] = types.ModuleType("clipzs")
+sys.modules["clipzs"].__path__ = [package]
+from clipzs.cache import FeatureCache
+
+store = FeatureCache(root)
 if mode == "images":
-    n, chunk, d, delay = int(args[0]), int(args[1]), int(args[2]), float(args[3])
+    n, chunk, d, paced = int(args[0]), int(args[1]), int(args[2]), args[3] == "paced"
     entry = store.images({"model": "m"}, n, chunk)
     features = np.arange(n * d, dtype=np.float32).reshape(n, d) / 7
     todo = entry.missing()
@@ -36,13 +39,13 @@ else:
     tag, rounds, d = args[0], int(args[1]), int(args[2])
     entry = store.texts({"model": "m"})
 print("ready", flush=True)
-while go and not os.path.exists(go):
-    time.sleep(0.002)
+sys.stdin.readline()
 if mode == "images":
     for start, stop in todo:
         entry.write(start, features[start:stop])
         print("wrote", start, stop, flush=True)
-        time.sleep(delay)
+        if paced:
+            sys.stdin.readline()  # each further chunk waits for the parent's word
 else:
     for i in range(rounds):
         entry.store([f"{tag} {i}"], np.full((1, d), i, np.float32))
@@ -54,16 +57,33 @@ def expected(n: int, d: int) -> np.ndarray:
     return np.arange(n * d, dtype=np.float32).reshape(n, d) / 7
 
 
-def spawn(root: Path, mode: str, *args: object, go: Path | str = "") -> subprocess.Popen:
-    argv = [sys.executable, "-c", WORKER, cache.__file__, mode, str(root), str(go), *map(str, args)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+def spawn(root: Path, mode: str, *args: object) -> subprocess.Popen:
+    """A worker that has opened its entry (and, for images, listed what is missing) and now waits for go."""
+    argv = [sys.executable, "-c", WORKER, str(Path(cache.__file__).parent), mode, str(root), *map(str, args)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "ready\n"
     return proc
+
+
+def go(*procs: subprocess.Popen) -> None:
+    """Start every worker: closing their stdin ends each one's wait, paced or not."""
+    for proc in procs:
+        proc.stdin.close()
+
+
+def step(proc: subprocess.Popen) -> tuple[int, int]:
+    """Let a paced worker write one chunk; returns its rows once it is committed."""
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline().split()
+    assert line[:1] == ["wrote"], line
+    return int(line[1]), int(line[2])
 
 
 def finish(*procs: subprocess.Popen) -> None:
     for proc in procs:
         proc.stdout.read()
+        proc.stdout.close()
         assert proc.wait(timeout=60) == 0
 
 
@@ -159,13 +179,16 @@ def test_load_reports_a_chunk_corrupted_after_missing(tmp_path):
 
 def test_sigkill_mid_run_then_resume(tmp_path):
     n, chunk, d = 1000, 20, 8
-    proc = spawn(tmp_path, "images", n, chunk, d, 0.05)
-    reported = [tuple(map(int, proc.stdout.readline().split()[1:])) for _ in range(3)]
-    os.kill(proc.pid, signal.SIGKILL)
+    proc = spawn(tmp_path, "images", n, chunk, d, "paced")
+    reported = [step(proc) for _ in range(3)]
+    os.kill(proc.pid, signal.SIGKILL)  # while it waits to write its fourth chunk
     assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stdin.close()
+    proc.stdout.close()
     entry = FeatureCache(tmp_path).images({"model": "m"}, n, chunk)
     todo = entry.missing()
     assert todo and not set(reported) & set(todo)
+    assert sorted(reported + todo) == [(start, start + chunk) for start in range(0, n, chunk)]
     for start, stop in todo:
         entry.write(start, expected(n, d)[start:stop])
     assert np.array_equal(entry.load(), expected(n, d))
@@ -173,9 +196,8 @@ def test_sigkill_mid_run_then_resume(tmp_path):
 
 def test_concurrent_writers_of_one_entry(tmp_path):
     n, chunk, d = 400, 5, 16
-    go = tmp_path / "go"
-    procs = [spawn(tmp_path / "cache", "images", n, chunk, d, 0, go=go) for _ in range(2)]
-    go.touch()
+    procs = [spawn(tmp_path / "cache", "images", n, chunk, d, "free") for _ in range(2)]  # both plan every chunk
+    go(*procs)
     finish(*procs)
     entry = FeatureCache(tmp_path / "cache").images({"model": "m"}, n, chunk)
     assert len(chunk_files(entry)) == n // chunk
@@ -229,9 +251,8 @@ def test_text_features_without_their_record_are_ignored_then_swept(tmp_path):
 
 def test_concurrent_text_stores_keep_both(tmp_path):
     rounds, d = 15, 4
-    go = tmp_path / "go"
-    procs = [spawn(tmp_path / "cache", "text", tag, rounds, d, go=go) for tag in "AB"]
-    go.touch()
+    procs = [spawn(tmp_path / "cache", "text", tag, rounds, d) for tag in "AB"]
+    go(*procs)
     finish(*procs)
     wanted = [f"{tag} {i}" for tag in "AB" for i in range(rounds)]
     found = FeatureCache(tmp_path / "cache").texts({"model": "m"}).lookup(wanted)

@@ -5,11 +5,13 @@ from helpers import CIFAR10_CLASSES, CIFAR100_CLASSES
 from PIL import Image
 
 from clipzs.classifier import CLASSIFIER_METHODS, ZeroShotClassifier, named_classes, predict_files
-from clipzs.datasets import ImageSet
 from clipzs.encode import encode_images, encode_prompts
-from clipzs.ensemble import METHODS, VOTE_METHODS, combine, scores
+from clipzs.ensemble import METHODS, VOTE_METHODS
 from clipzs.errors import ClipzsError
 from clipzs.models import load_model
+from clipzs.scoring import Features, Scores, predictions
+from clipzs.scoring import compute_scores as scores
+from clipzs.sources import ArraySource
 
 LABELS = ["red", "green", "blue", "striped", "dark"]
 TEMPLATES = ["a photo of a {}", "a {} thing", "what is {}?", "{}!"]
@@ -122,16 +124,17 @@ def test_classifier_methods_are_ensemble_methods():
 
 
 @pytest.mark.parametrize("method", CLASSIFIER_METHODS)
-def test_predictions_are_those_of_ensemble_combine_and_probabilities_sum_to_one(clip, classifiers, method):
+def test_predictions_are_those_of_evaluate_and_probabilities_sum_to_one(clip, classifiers, method):
     pixels = arrays(12)
     clf = classifiers[method]
     pred, proba = clf.classify([Image.fromarray(a) for a in pixels], batch_size=5)
 
-    images = ImageSet("t", "", (), np.zeros(len(pixels), np.int64), pixels=pixels)
+    images = ArraySource("t", "test", LABELS, np.zeros(len(pixels), np.int64), pixels)
     image = encode_images(clip, images, batch_size=5, progress=False).features
     text = encode_prompts(clip, TEMPLATES, LABELS).features
-    expected = combine(method, scores(image, text, clip.logit_scale), text, range(len(TEMPLATES)))
-    np.testing.assert_array_equal(pred, expected.pred.numpy())
+    features = Features(image, text, torch.from_numpy(images.labels), clip.logit_scale)
+    (expected,) = predictions(Scores(features, block=5), [(method, tuple(range(len(TEMPLATES))))])
+    np.testing.assert_array_equal(pred, expected.numpy())
     assert len(set(pred.tolist())) > 1  # the model tells the images apart, so the test can fail
 
     assert proba.shape == (12, len(LABELS)) and (proba >= 0).all()
@@ -187,7 +190,7 @@ def test_named_class_sets_are_shipped_and_a_model_name_loads(tiny_config, tiny_c
         ({"classnames": []}, "non-empty"),
         ({"classnames": ["cat", " "]}, "non-empty"),
         ({"classnames": ["cat", "dog", "cat"]}, "duplicate"),
-        ({"classnames": "imagenet"}, "unknown class-name set"),
+        ({"classnames": "imagenet"}, "classes .imagenet. is not a catalogued dataset.*imagenet1k"),
         ({"templates": ["a photo of a {}", "a photo"]}, "no {}"),
         ({"templates": []}, "no templates"),
         ({"templates": "no-such-set"}, "neither a built-in set"),

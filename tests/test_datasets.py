@@ -1,3 +1,6 @@
+"""CIFAR and image-folder sources (`clipzs.sources`) and class names by style (`prompts.class_names`)."""
+
+import dataclasses
 import pickle
 
 import helpers
@@ -5,9 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipzs import datasets
-from clipzs.datasets import CIFAR, classnames, load_cifar, load_dataset, load_folder
+from clipzs.download import file_digest
 from clipzs.errors import ClipzsError
+from clipzs.prompts import class_names
+from clipzs.sources import load_rgb, open_source
+from clipzs.sources.cifar import CIFAR, load_cifar
+from clipzs.sources.folder import load_folder
 
 
 def test_cifar100_split_is_read_with_pixels_labels_and_raw_names(cifar_root):
@@ -18,14 +24,15 @@ def test_cifar100_split_is_read_with_pixels_labels_and_raw_names(cifar_root):
         raw = pickle.load(f)
     assert images.labels.tolist() == raw["fine_labels"]
     first = np.asarray(raw["data"][0]).reshape(3, 32, 32).transpose(1, 2, 0)
-    assert np.array_equal(np.asarray(images.image(0)), first)
+    assert np.array_equal(np.asarray(images.load(0)), first)
     assert len(load_cifar("cifar100", cifar_root, "train")) == 60
+    assert (images.name, images.split) == ("cifar100", "test")
+    assert open_source("cifar100", cifar_root).fingerprint() == images.fingerprint()  # test is the default split
 
 
 def test_clip_class_names_replace_underscores():
-    names = classnames(tuple(helpers.CIFAR100_CLASSES), "clip")
-    changed = {raw: clip for raw, clip in zip(helpers.CIFAR100_CLASSES, names, strict=True) if raw != clip}
-    assert changed == {
+    raw = tuple(helpers.CIFAR100_CLASSES)
+    expected = {
         "aquarium_fish": "aquarium fish",
         "lawn_mower": "lawn mower",
         "maple_tree": "maple tree",
@@ -36,9 +43,14 @@ def test_clip_class_names_replace_underscores():
         "sweet_pepper": "sweet pepper",
         "willow_tree": "willow tree",
     }
-    assert classnames(("aquarium_fish",), "raw") == ["aquarium_fish"]
+    for dataset in ("cifar100", None):  # the catalogue's CLIP names, and a dataset it does not know
+        names = class_names(dataset, raw, "clip")
+        changed = {r: c for r, c in zip(raw, names, strict=True) if r != c}
+        assert changed == expected, dataset
+    assert class_names(None, ("aquarium_fish",), "raw") == ["aquarium_fish"]
+    assert class_names("cifar100", raw, "raw") == list(raw)
     with pytest.raises(ClipzsError, match="class-name style"):
-        classnames(("a",), "fancy")
+        class_names(None, ("a",), "fancy")
 
 
 def test_cifar10_batches_are_concatenated(tmp_path):
@@ -48,14 +60,30 @@ def test_cifar10_batches_are_concatenated(tmp_path):
     assert train.classes == tuple(helpers.CIFAR10_CLASSES)
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_pickle_written_by_python3_with_bytes_keys_and_names_is_read(tmp_path, protocol):
+    """Python 3 writers may store CIFAR's keys and class names as bytes (protocol 2 writes them via _codecs)."""
+    helpers.write_cifar100(tmp_path, n_test=3, n_train=None)
+    folder = tmp_path / "cifar-100-python"
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [c.encode() for c in helpers.CIFAR100_CLASSES]}, f, protocol=protocol)
+    with open(folder / "test", "rb") as f:
+        batch = pickle.load(f)
+    with open(folder / "test", "wb") as f:
+        pickle.dump({k.encode(): v for k, v in batch.items()}, f, protocol=protocol)
+    images = load_cifar("cifar100", tmp_path, "test")
+    assert images.classes == tuple(helpers.CIFAR100_CLASSES) and images.labels.tolist() == batch["fine_labels"]
+    assert all(type(c) is str for c in images.classes)
+
+
 @pytest.fixture
 def cifar_archive(tmp_path, monkeypatch):
     """A CIFAR-100 archive written by the test, registered as the official one (URL and MD5)."""
     source = tmp_path / "source"
     helpers.write_cifar100(source, n_test=12, n_train=4)
     archive = helpers.tar_folder(source / "cifar-100-python", tmp_path / "cifar-100-python.tar.gz")
-    md5 = datasets.file_digest(archive, "md5")
-    monkeypatch.setitem(CIFAR, "cifar100", datasets.CifarSpec(**{**vars(CIFAR["cifar100"]), "md5": md5}))
+    md5 = file_digest(archive, "md5")
+    monkeypatch.setitem(CIFAR, "cifar100", dataclasses.replace(CIFAR["cifar100"], md5=md5))
     return archive
 
 
@@ -77,18 +105,25 @@ def test_archive_with_wrong_md5_is_refused(tmp_path, cifar_archive):
 
 def test_missing_data_is_downloaded_and_verified(tmp_path, cifar_archive, monkeypatch):
     with helpers.FileServer({cifar_archive.name: cifar_archive.read_bytes()}) as server:
-        spec = CIFAR["cifar100"]
-        monkeypatch.setitem(
-            CIFAR, "cifar100", datasets.CifarSpec(**{**vars(spec), "url": server.url(cifar_archive.name)})
-        )
+        spec = dataclasses.replace(CIFAR["cifar100"], url=server.url(cifar_archive.name))
+        monkeypatch.setitem(CIFAR, "cifar100", spec)
         assert len(load_cifar("cifar100", tmp_path / "fresh", "test")) == 12
         assert len(load_cifar("cifar100", tmp_path / "fresh", "train")) == 4
     assert server.requests == [cifar_archive.name]
 
 
+def test_missing_data_is_not_downloaded_when_download_is_off(tmp_path, cifar_archive, monkeypatch):
+    with helpers.FileServer({cifar_archive.name: cifar_archive.read_bytes()}) as server:
+        spec = dataclasses.replace(CIFAR["cifar100"], url=server.url(cifar_archive.name))
+        monkeypatch.setitem(CIFAR, "cifar100", spec)
+        with pytest.raises(ClipzsError, match="not found"):
+            open_source("cifar100", tmp_path / "fresh", "test", download=False)
+    assert server.requests == []
+
+
 def test_missing_data_without_network_is_one_clear_error(tmp_path, monkeypatch):
     url = helpers.refused_url("cifar-100-python.tar.gz")
-    monkeypatch.setitem(CIFAR, "cifar100", datasets.CifarSpec(**{**vars(CIFAR["cifar100"]), "url": url}))
+    monkeypatch.setitem(CIFAR, "cifar100", dataclasses.replace(CIFAR["cifar100"], url=url))
     with pytest.raises(ClipzsError) as error:
         load_cifar("cifar100", tmp_path)
     message = str(error.value)
@@ -110,10 +145,12 @@ def test_unsafe_pickle_in_dataset_is_refused(tmp_path):
 
 
 def test_unknown_split_and_dataset(cifar_root):
-    with pytest.raises(ClipzsError, match="unknown split 'val'"):
+    with pytest.raises(ClipzsError, match="split 'val'") as error:
         load_cifar("cifar100", cifar_root, "val")
-    with pytest.raises(ClipzsError, match="unknown dataset 'mnist'"):
-        load_dataset("mnist")
+    message = str(error.value)
+    assert "train" in message and "test" in message and "\n" not in message
+    with pytest.raises(ClipzsError, match="unknown dataset 'no-such-set'"):
+        open_source("no-such-set")
 
 
 def test_image_folder_reads_classes_and_any_image_mode(tmp_path):
@@ -125,8 +162,9 @@ def test_image_folder_reads_classes_and_any_image_mode(tmp_path):
     images = load_folder(tmp_path)
     assert images.classes == ("cat", "dog", "lawn_mower", "zebra")
     assert images.labels.tolist() == [0, 0, 1, 2, 3]
-    assert all(images.image(i).mode == "RGB" for i in range(len(images)))
-    assert load_dataset("folder", tmp_path).classes == images.classes
+    assert all(images.load(i).mode == "RGB" for i in range(len(images)))
+    assert open_source("folder", tmp_path).classes == images.classes
+    assert images.item_name(1) == str(tmp_path / "cat" / "b.jpg")
 
 
 def test_image_folder_split_subfolder_and_errors(tmp_path):
@@ -135,15 +173,15 @@ def test_image_folder_split_subfolder_and_errors(tmp_path):
     assert load_folder(tmp_path, "val").classes == ("cat",)
     with pytest.raises(ClipzsError, match="no images found"):
         load_folder(tmp_path / "val" / "cat")
-    with pytest.raises(ClipzsError, match="needs --data-root"):
-        load_dataset("folder")
+    with pytest.raises(ClipzsError, match="needs data_root"):
+        open_source("folder")
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
     Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)).save(tmp_path / "mid.png")
-    assert np.asarray(datasets.load_rgb(tmp_path / "deep.png")).min() == 255
-    assert np.asarray(datasets.load_rgb(tmp_path / "mid.png")).max() == 128
+    assert np.asarray(load_rgb(tmp_path / "deep.png")).min() == 255
+    assert np.asarray(load_rgb(tmp_path / "mid.png")).max() == 128
 
 
 def test_subset_keeps_order(cifar_root):
@@ -151,3 +189,4 @@ def test_subset_keeps_order(cifar_root):
     part = images.subset([5, 2])
     assert part.labels.tolist() == [images.labels[5], images.labels[2]]
     assert np.array_equal(part.pixels[1], images.pixels[2])
+    assert np.array_equal(np.asarray(part.load(1)), images.pixels[2])

@@ -6,9 +6,10 @@ from pathlib import Path
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_api_example_runs_offline():
+def test_api_example_runs_offline(tiny_config, tiny_checkpoint):
+    """With the tiny model for speed; without options it runs the same code on a random ViT-B/32."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "api.py")],
+        [sys.executable, str(EXAMPLES / "api.py"), "--model", str(tiny_config), "--pretrained", str(tiny_checkpoint)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -77,3 +77,24 @@ def test_mcnemar_agrees_with_the_binomial_sum_for_more_discordant_pairs():
     expected = 2 * sum(math.comb(n, k) for k in range(38)) / 2**n
     assert result["p_value"] == pytest.approx(expected, rel=1e-12)
     assert 0.01 < result["p_value"] < 0.05
+
+
+def test_resamples_are_counts_of_draws_seeded_and_paired():
+    from clipzs.metrics import Resamples, bootstrap_cis
+
+    draws = Resamples(50, 200, seed=5)
+    assert draws.counts.shape == (200, 50) and bool((draws.counts.sum(dim=1) == 50).all())
+    assert torch.equal(draws.counts, Resamples(50, 200, seed=5).counts)
+    assert not torch.equal(draws.counts, Resamples(50, 200, seed=6).counts)
+    assert torch.equal(draws.block(10, 20), draws.counts[:, 10:20].float())
+    # blocks of images add up to the whole: what scoring a block at a time relies on
+    values = torch.stack([outcomes(50, 30).float(), outcomes(50, 10).float()], dim=1)  # [N, R]
+    whole = values.T @ draws.block(0, 50).T
+    parts = values[:20].T @ draws.block(0, 20).T + values[20:].T @ draws.block(20, 50).T
+    assert torch.equal(whole, parts)
+    intervals = draws.intervals(whole, 0.9)
+    assert torch.equal(intervals, bootstrap_cis(values, n_boot=200, seed=5, level=0.9))
+    mean = values.mean(dim=0).double()
+    assert bool((intervals[:, 0] <= mean).all()) and bool((mean <= intervals[:, 1]).all())
+    with pytest.raises(ClipzsError):
+        draws.intervals(whole, 1.5)

@@ -1,10 +1,28 @@
-"""clipzs: zero-shot image classification with CLIP and prompt ensembling."""
+"""clipzs: zero-shot image classification with CLIP and prompt ensembling.
 
-__version__ = "0.1.0"
+The public names are imported on first use, so `import clipzs` (and `clipzs --version`) does not import torch.
+"""
 
-from .classifier import ZeroShotClassifier  # noqa: E402
-from .errors import ClipzsError  # noqa: E402
-from .models import load_model  # noqa: E402
-from .pipeline import evaluate  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["ClipzsError", "ZeroShotClassifier", "__version__", "evaluate", "load_model"]
+from importlib import import_module
+
+from ._version import __version__
+
+_PUBLIC = {
+    "ClipzsError": ".errors",
+    "ZeroShotClassifier": ".classifier",
+    "compare": ".pipeline",
+    "encode": ".pipeline",
+    "evaluate": ".pipeline",
+    "load_model": ".models",
+    "select": ".pipeline",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'clipzs' has no attribute {name!r}")
+    return getattr(import_module(_PUBLIC[name], __name__), name)

@@ -3,10 +3,13 @@
 Layout under the root (`~/.cache/clipzs/features`, or `$CLIPZS_FEATURE_CACHE`, or the constructor's argument):
 
     images/<id>/entry.json                         {"key": {...}, "kind": "images", "num_items": N}
-    images/<id>/chunk-<start>-<stop>-<sha256>.npy  float32 [stop - start, D], rows start:stop of [N, D]
+    images/<id>/chunk-<start>-<stop>-<sha256>.npy  float32 [stop - start, D], rows start:stop of [N, D]; a row of
+                                                   NaN is an image that could not be read
+    images/<id>/skipped-<start>-<stop>-<sha256>.json  {"<row>": "<why it could not be read>"}, for such rows
     text/<id>/entry.json                           {"key": {...}, "kind": "text"}
     text/<id>/<sha256>.json                        {"features_sha256": "<hex>", "prompts": [...]}
     text/<id>/<sha256>.npy                         float32 [len(prompts), D], one row per prompt
+    text/<id>/facts-<sha256>.json                  {"logit_scale": ...}: what scoring needs of the model itself
 
 `<id>` hashes the canonical JSON of `entry.json`, so an entry is named by everything that determines its contents.
 
@@ -35,12 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .storage import TMP_PREFIX, write_atomic
+
 ENV = "CLIPZS_FEATURE_CACHE"
 KINDS = ("images", "text")
 STALE_S = 24 * 3600  # an uncommitted file this old belongs to a killed run; a younger one may be about to be renamed
-_TMP = ".tmp-"
+_TMP = TMP_PREFIX
 _CHUNK = re.compile(r"chunk-(\d{10})-(\d{10})-([0-9a-f]{64})\.npy")
 _RECORD = re.compile(r"([0-9a-f]{64})\.json")
+_FACTS = re.compile(r"facts-([0-9a-f]{64})\.json")
+_SKIPPED = re.compile(r"skipped-(\d{10})-(\d{10})-([0-9a-f]{64})\.json")
 
 
 class CorruptCacheWarning(UserWarning):
@@ -73,24 +80,6 @@ def _canonical(obj: object) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Make `path` hold `data`, so that no reader and no crash (even power loss) ever sees it partly written."""
-    tmp = path.with_name(f"{_TMP}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable before anything that relies on it
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _npy_bytes(features: np.ndarray) -> bytes:
@@ -144,7 +133,7 @@ class _Entry:
         record = self.path / "entry.json"
         if not record.exists():
             self.path.mkdir(parents=True, exist_ok=True)
-            _write_atomic(record, _canonical(self.identity))
+            write_atomic(record, _canonical(self.identity))
 
     def _uncommitted(self, name: str, names: set[str]) -> bool:
         """Whether `name` was never committed: a write in progress, or one that was killed."""
@@ -206,14 +195,34 @@ class ImageEntry(_Entry):
         """Whether every row is stored and verified (reads every chunk)."""
         return not self.missing()
 
-    def write(self, start: int, features: np.ndarray) -> None:
-        """Store rows start:start+len(features) as one chunk file, atomically (cast to float32)."""
+    def write(self, start: int, features: np.ndarray, skipped: dict[int, str] | None = None) -> None:
+        """Store rows start:start+len(features) as one chunk file, atomically (cast to float32), with why the
+        `skipped` rows (NaN in `features`) could not be read; the reasons are committed before the chunk."""
         data = _npy_bytes(features)
         stop = start + len(features)
         if not 0 <= start < stop <= self.num_items:
             raise ValueError(f"rows {start}:{stop} are not inside 0:{self.num_items}")
         self._ensure()
-        _write_atomic(self.path / f"chunk-{start:010d}-{stop:010d}-{_sha256(data)}.npy", data)
+        if skipped:
+            record = _canonical({str(i): reason for i, reason in sorted(skipped.items())})
+            write_atomic(self.path / f"skipped-{start:010d}-{stop:010d}-{_sha256(record)}.json", record)
+        write_atomic(self.path / f"chunk-{start:010d}-{stop:010d}-{_sha256(data)}.npy", data)
+
+    def skipped(self) -> dict[int, str]:
+        """Why each stored NaN row could not be read, from the records beside the chunks (verified by name)."""
+        reasons: dict[int, str] = {}
+        for m in filter(None, map(_SKIPPED.fullmatch, self._names())):
+            path = self.path / m[0]
+            try:
+                data = path.read_bytes()
+                if _sha256(data) != m[3]:
+                    raise ValueError("SHA256 does not match its name")
+                reasons.update({int(k): str(v) for k, v in json.loads(data).items()})
+            except FileNotFoundError:
+                continue
+            except ValueError as e:
+                _discard([path], e)
+        return reasons
 
     def load(self) -> np.ndarray:
         """All features [N, D] float32, verified; RuntimeError if rows are missing (write `missing()` first)."""
@@ -278,6 +287,31 @@ class TextEntry(_Entry):
                     found.setdefault(prompt, row)
         return found
 
+    def facts(self) -> dict | None:
+        """The model facts stored with `store_facts`, verified, or None."""
+        for m in filter(None, map(_FACTS.fullmatch, sorted(self._names()))):
+            path = self.path / m[0]
+            try:
+                data = path.read_bytes()
+                if _sha256(data) != m[1]:
+                    raise ValueError("SHA256 does not match its name")
+                facts = json.loads(data)
+                if isinstance(facts, dict):
+                    return facts
+                raise ValueError("not a JSON object")
+            except FileNotFoundError:
+                continue
+            except ValueError as e:
+                _discard([path], e)
+        return None
+
+    def store_facts(self, facts: dict) -> None:
+        """Store what scoring needs of the model (its logit scale), so a run with every feature cached need not
+        load the model at all."""
+        record = _canonical(facts)
+        self._ensure()
+        write_atomic(self.path / f"facts-{_sha256(record)}.json", record)
+
     def store(self, prompts: list[str], features: np.ndarray) -> None:
         """Add features [P, D] of `prompts` as one new pair of files, atomically; existing files stay as they are."""
         data = _npy_bytes(features)
@@ -288,8 +322,8 @@ class TextEntry(_Entry):
         record = _canonical({"features_sha256": _sha256(data), "prompts": list(prompts)})
         stem = _sha256(record)
         self._ensure()
-        _write_atomic(self.path / f"{stem}.npy", data)
-        _write_atomic(self.path / f"{stem}.json", record)  # the commit: readers see features only through it
+        write_atomic(self.path / f"{stem}.npy", data)
+        write_atomic(self.path / f"{stem}.json", record)  # the commit: readers see features only through it
 
 
 @dataclass(frozen=True)

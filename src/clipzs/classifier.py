@@ -14,7 +14,6 @@ Predictions are `ensemble.combine(...).pred` over all templates, so they agree w
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +21,32 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .datasets import CIFAR, IMAGE_SUFFIXES, classnames, load_rgb, to_rgb
-from .encode import encode_prompts
-from .ensemble import VOTE_METHODS, combine, scores
+from . import catalogue
+from .encode import default_batch_size, encode_prompts
+from .ensemble import VOTE_METHODS, evaluate_block, plan
 from .errors import ClipzsError
 from .models import ClipModel, load_model
-from .pipeline import default_batch_size
 from .preprocess import split_preprocess
 from .prompts import check_templates, load_templates
+from .scoring import compute_scores
+from .sources.base import IMAGE_SUFFIXES, UnreadableImage, load_rgb, to_rgb
 
 ImageLike = Image.Image | str | Path
 Images = ImageLike | Sequence[ImageLike] | torch.Tensor
-NAMED_CLASSES = tuple(CIFAR)  # class-name sets shipped as package data (classnames/<name>.txt, raw names)
 # Methods whose prediction for an image depends on that image alone; label-free weighting and class balancing
 # (`zpe`, `carprt`, `+balanced`) learn from the whole set of images, so a batch would change each answer.
 CLASSIFIER_METHODS = ("embedding", "logit", "prob", "vote", "vote-seed")
 
 
 def named_classes(name: str, style: str = "clip") -> list[str]:
-    """Class names of a known dataset (`cifar100`, `cifar10`) in `style`; shipped, so the data need not be present."""
-    if name not in NAMED_CLASSES:
-        raise ClipzsError(f"unknown class-name set {name!r}: use one of {', '.join(NAMED_CLASSES)} or a list of names")
-    text = resources.files(__package__).joinpath(f"classnames/{name}.txt").read_text(encoding="utf-8")
-    return classnames([line.strip() for line in text.splitlines() if line.strip()], style)
+    """Class names of a catalogued dataset in `style` (`raw` or `clip`); shipped, so the data need not be present."""
+    if catalogue.find(name) is None:
+        raise ClipzsError(
+            f"classes {name!r} is not a catalogued dataset: use one of {', '.join(catalogue.names())}, or a list "
+            "of class names",
+            parameter="classes",
+        )
+    return catalogue.class_names(name, style)
 
 
 def _class_list(spec: str | Sequence[str], style: str) -> tuple[str, ...]:
@@ -63,16 +65,9 @@ def _template_list(spec: str | Sequence[str]) -> list[str]:
     return check_templates([str(t).strip() for t in spec], "the templates given")
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def read_image(path: str | Path) -> Image.Image:
     """A file as an 8-bit RGB image (any mode Pillow reads, 16-bit included); ClipzsError if it cannot be decoded."""
-    try:
-        return load_rgb(path)
-    except Exception as e:  # Pillow's decoders raise many types for damaged files (OSError, SyntaxError, ...)
-        raise ClipzsError(f"cannot read image {path}: {_one_line(e)}") from e
+    return load_rgb(path)
 
 
 def _rgb(image: ImageLike) -> Image.Image:
@@ -124,6 +119,7 @@ class ZeroShotClassifier:
         )
         self.preprocessing = split_preprocess(self.clip.preprocess)
         self.text = encode_prompts(self.clip, self.templates, list(self.classes)).features  # [T, C, D]
+        self.plan = plan([(ensemble, tuple(range(len(self.templates))))], self.text)
 
     def _inputs(self, images: Images) -> torch.Tensor | list[ImageLike]:
         """A preprocessed batch [N, 3, S, S], or a list of PIL images and paths; anything else is refused."""
@@ -167,15 +163,19 @@ class ZeroShotClassifier:
 
     def classify_features(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Predictions [N] (int64) and probabilities [N, C] (float32) from unit-norm image features [N, D]."""
-        all_scores = scores(image, self.text, self.clip.logit_scale)  # [N, T, C]
-        result = combine(self.ensemble, all_scores, self.text, range(len(self.templates)))
-        if self.ensemble in VOTE_METHODS:  # the share of templates whose argmax is each class
-            proba = F.one_hot(all_scores.argmax(dim=2), len(self.classes)).float().mean(dim=1)
-        elif self.ensemble == "prob":  # already a mean of probabilities
-            proba = result.scores
-        else:  # logits
-            proba = result.scores.softmax(dim=1)
-        return result.pred.numpy(), proba.numpy()
+        block = compute_scores(image, self.text, self.clip.logit_scale)  # [N, T, C]
+        votes = self.ensemble in VOTE_METHODS
+        out = evaluate_block(
+            block,
+            torch.zeros(len(image), dtype=torch.int64),
+            self.plan,
+            want_probs=frozenset() if votes else frozenset({0}),
+            want_pred=True,
+        )
+        # votes: the share of templates whose argmax is each class; else the mean of probabilities (prob) or the
+        # softmax of the class scores
+        proba = F.one_hot(block.argmax(dim=2), len(self.classes)).float().mean(dim=1) if votes else out.probs[0]
+        return out.pred[0].numpy(), proba.numpy()
 
     def classify(self, images: Images, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Predictions [N] and probabilities [N, C] of `images` (see `encode`) from one pass over them."""
@@ -239,7 +239,7 @@ def predict_files(
             try:
                 pending.append((result, read_image(path)))
             except ClipzsError as e:
-                error = _one_line(e.__cause__ or e)  # the reason; the entry names the path
+                error = e.reason if isinstance(e, UnreadableImage) else " ".join(str(e).split())
         if error is not None:
             result["error"] = error
         if len(pending) == batch_size:

@@ -8,7 +8,8 @@ import torch
 
 from .errors import ClipzsError
 
-_BOOTSTRAP_BLOCK = 1 << 22  # resampled indices held at once (32 MiB of int64)
+_BOOTSTRAP_BLOCK = 1 << 22  # resampled indices drawn at once (32 MiB of int64)
+_QUANTILE_ROWS = 4096  # rows whose resampled means are sorted at once
 
 
 def topk_hits(class_scores: torch.Tensor | None, labels: torch.Tensor, k: int = 5) -> torch.Tensor | None:
@@ -30,36 +31,59 @@ def mean_per_class_recall(pred: torch.Tensor, labels: torch.Tensor, num_classes:
     return per_class_recall(pred, labels, num_classes).nanmean().item()
 
 
-def bootstrap_cis(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> torch.Tensor:
-    """Percentile-bootstrap confidence intervals [R, 2] (low, high) for the means of R per-image columns [N, R].
+class Resamples:
+    """The bootstrap's resamples of N images: counts [S, N], how often each image is drawn in each resample.
 
-    Every column is resampled with the same draws (images with replacement, `n_boot` times, from a generator
-    seeded with `seed`, so intervals are reproducible and paired across methods); the bounds are the
-    (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled means (Efron & Tibshirani, An Introduction
-    to the Bootstrap, 1993, ch. 13). A resample is a count per image, so all columns cost one matrix product;
-    resamples are drawn in blocks to bound memory.
+    Images are drawn with replacement, `count` times, from a generator seeded with `seed`, so intervals are
+    reproducible and paired across rows (every row is resampled with the same draws). A resampled accuracy is
+    (counts @ hits) / N, so any number of rows costs one matrix product, a block of images at a time, and the
+    per-image hits of all rows are never held at once. Percentile intervals (Efron & Tibshirani, An Introduction
+    to the Bootstrap, 1993, ch. 13).
     """
-    if n_boot < 1 or not 0 < level < 1:
-        raise ClipzsError(f"bootstrap needs n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
+
+    def __init__(self, n: int, count: int = 1000, seed: int = 0):
+        if n < 1 or count < 1:
+            raise ClipzsError(f"bootstrap needs images and resamples >= 1, got {n} images and {count} resamples")
+        self.n, self.count, self.seed = n, count, seed
+        generator = torch.Generator().manual_seed(seed)
+        block = max(1, _BOOTSTRAP_BLOCK // n)
+        self.counts = torch.empty(count, n, dtype=torch.int16)  # counts <= n, and beyond 32767 images ~ Poisson(1)
+        for start in range(0, count, block):
+            draws = torch.randint(n, (min(block, count - start), n), generator=generator)
+            ones = torch.ones(draws.shape, dtype=torch.int16)
+            self.counts[start : start + len(draws)] = torch.zeros(draws.shape, dtype=torch.int16).scatter_add_(
+                1, draws, ones
+            )
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Counts [S, stop - start] of images start:stop, as float32 (exact: they are small integers)."""
+        return self.counts[:, start:stop].float()
+
+    def intervals(self, sums: torch.Tensor, level: float = 0.95) -> torch.Tensor:
+        """Intervals [R, 2] (low, high) of the means whose resampled sums are `sums` [R, S]: the (1 - level) / 2
+        and (1 + level) / 2 quantiles of sums / N over the resamples."""
+        if not 0 < level < 1:
+            raise ClipzsError(f"bootstrap level must be between 0 and 1, got {level}")
+        tail = (1 - level) / 2
+        q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+        out = torch.empty(len(sums), 2, dtype=torch.float64)
+        for start in range(0, len(sums), _QUANTILE_ROWS):
+            means = sums[start : start + _QUANTILE_ROWS].double() / self.n
+            out[start : start + len(means)] = means.quantile(q, dim=1).T
+        return out
+
+
+def bootstrap_cis(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> torch.Tensor:
+    """Percentile-bootstrap confidence intervals [R, 2] (low, high) for the means of R per-image columns [N, R]
+    (see `Resamples`)."""
     columns = values.reshape(values.shape[0], -1).double().cpu()
-    n = columns.shape[0]
-    assert n > 0, "bootstrap of an empty set of images"
-    generator = torch.Generator().manual_seed(seed)
-    block = max(1, _BOOTSTRAP_BLOCK // n)
-    means = []
-    for start in range(0, n_boot, block):
-        draws = torch.randint(n, (min(block, n_boot - start), n), generator=generator)
-        counts = torch.zeros(draws.shape, dtype=torch.float64).scatter_add_(
-            1, draws, torch.ones(draws.shape, dtype=torch.float64)
-        )
-        means.append(counts @ columns / n)
-    tail = (1 - level) / 2
-    return torch.cat(means).quantile(torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0).T
+    resamples = Resamples(columns.shape[0], n_boot, seed)
+    return resamples.intervals((resamples.counts.double() @ columns).T, level)
 
 
 def bootstrap_ci(correct: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval (low, high) for the accuracy of per-image outcomes [N]
-    (bool, 0/1, or any per-image value whose mean is wanted); see `bootstrap_cis`."""
+    (bool, 0/1, or any per-image value whose mean is wanted); see `Resamples`."""
     low, high = bootstrap_cis(correct.reshape(-1, 1), n_boot, seed, level)[0].tolist()
     return low, high
 

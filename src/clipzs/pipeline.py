@@ -1,41 +1,268 @@
-"""The stages wired together: dataset -> images -> features -> scores [N, T, C] -> ensembles -> metrics.
+"""The stages wired together: image source -> features (through the cache) -> scores by block -> typed results.
 
-`evaluate` (single templates and ensembles), `select` (templates chosen on other labelled images) and
-`compare` (a paired test of two ensembles) each return a dict, the JSON the CLI writes.
+`evaluate` (single templates and ensembles), `select` (templates chosen on other labelled images), `compare`
+(a paired test of two classifiers) and `encode` (fill the feature cache) are the library's commands; the CLI
+maps its flags onto their parameters.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from . import __version__
-from .cache import FeatureCache
-from .datasets import CIFAR, ImageSet, classnames, load_dataset
-from .encode import CHUNK, Features, encode_images, encode_prompt_matrix
-from .ensemble import MAX_SWEEP_TEMPLATES, all_subsets, combine, parse_methods, scores
-from .errors import ClipzsError
-from .metrics import bootstrap_cis, mcnemar, mean_per_class_recall, topk_hits
-from .models import ClipModel, load_model
-from .preprocess import split_preprocess
-from .prompts import PromptSet, prompt_set, read_prompts
+from . import prompts as prompt_lib
+from ._version import __version__
+from .cache import FeatureCache, ImageEntry, TextEntry
+from .encode import CHUNK_IMAGES, cached_images, default_batch_size, encode_images, encode_text
+from .ensemble import MAX_SWEEP_TEMPLATES, SINGLE, all_subsets, parse_methods, ranks_method
+from .errors import ClipzsError, ClipzsWarning
+from .metrics import Resamples, mcnemar
+from .models import ClipModel, ModelSpec, NotLoaded, describe_model, load_model
+from .options import Setup
+from .results import (
+    Best,
+    Bootstrap,
+    Choice,
+    CompareResult,
+    Comparison,
+    EvalResult,
+    Row,
+    Run,
+    SelectionImages,
+    SelectResult,
+    Side,
+    Skipped,
+    row_label,
+)
+from .scoring import Features, Scores, predictions, score_rows
 from .selection import best_of_path, best_subset, greedy_forward
+from .sources import ImageSource, open_source
+from .storage import writable_folder
+
+RESAMPLES, BOOTSTRAP_SEED, LEVEL = 1000, 0, 0.95
 
 
-def default_batch_size(device: torch.device) -> int:
-    """256 on CUDA; 32 on CPU, the fastest measured for ViT-B/32 on 2 cores (docs/benchmarks.md)."""
-    return 256 if device.type == "cuda" else 32
+def open_images(setup: Setup) -> ImageSource:
+    """The dataset split of `setup` (its first `limit` images), checked to be non-empty."""
+    source = open_source(setup.dataset, setup.data_root, setup.split)
+    if setup.limit is not None and setup.limit < len(source):
+        source = source.subset(np.arange(setup.limit))
+    if len(source) == 0:
+        raise ClipzsError(f"{source.name}/{source.split} holds no images")
+    return source
 
 
-def label(method: str | None, templates: Sequence[int]) -> str:
-    """A row's name: `template 3` for a single template, `embedding{1,3,4}` for an ensemble (1-based)."""
-    numbers = ",".join(str(t + 1) for t in templates)
-    return f"template {numbers}" if method is None else f"{method}{{{numbers}}}"
+def prepare(setup: Setup) -> tuple[ImageSource, ModelSpec]:
+    """The images and the model's description, each checked, so a missing dataset and a missing checkpoint are
+    reported together, before any work."""
+    problems: list[ClipzsError] = []
+    found = []
+    for step in (
+        lambda: open_images(setup),
+        lambda: describe_model(setup.model, setup.pretrained, setup.device, setup.precision, setup.cache_dir),
+    ):
+        try:
+            found.append(step())
+        except ClipzsError as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ClipzsError("; and ".join(str(p) for p in problems))
+    return found[0], found[1]
+
+
+def feature_keys(spec: ModelSpec, source: ImageSource) -> tuple[dict, dict]:
+    """Cache keys: text features depend on the model and its numerics; image features also on the
+    preprocessing and the exact images."""
+    text = {
+        "model": spec.name,
+        "config": spec.config,
+        "checkpoint": spec.checkpoint,
+        "precision": spec.precision,
+        "device": spec.device.type,
+    }
+    image = {
+        **text,
+        "preprocess": spec.preprocess,
+        "dataset": source.name,
+        "split": source.split,
+        "images": source.fingerprint(),
+    }
+    return text, image
+
+
+def open_cache(setup: Setup) -> FeatureCache | None:
+    """The feature cache, or None when it is off or cannot be written (said once: the run goes on uncached)."""
+    if not setup.use_cache:
+        return None
+    cache = FeatureCache(setup.feature_cache)
+    problem = writable_folder(cache.root)
+    if problem:
+        warnings.warn(
+            ClipzsWarning(
+                f"feature cache {cache.root} cannot be written ({problem}); continuing without it "
+                "(use_cache=False says so and silences this)",
+                parameter="use_cache",
+            ),
+            stacklevel=3,
+        )
+        return None
+    return cache
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One pass over a set of images and the prompts: what every later stage reads."""
+
+    source: ImageSource
+    spec: ModelSpec
+    prompts: prompt_lib.PromptSet
+    classes: list[str]
+    features: Features  # the readable images only
+    kept: np.ndarray  # [N'] their indices in `source`
+    skipped: tuple[Skipped, ...]
+    encoded: dict[str, int]
+    seconds: dict[str, float]
+    clip: ClipModel | None  # None when every feature came from the cache
+
+
+class _Laps:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0) + now - self.t, 3)
+        self.t = now
+
+
+def _warn_overlong(clip: ClipModel, prompts: list[str]) -> None:
+    """Warn once per prompt that is longer than the text encoder reads (it is cut, and the rest is lost)."""
+    encode = getattr(clip.tokenizer, "encode", None)
+    if encode is None:  # not open_clip's BPE tokenizer: its own truncation rules apply
+        return
+    context = int(getattr(clip.tokenizer, "context_length", 77))
+    for prompt, tokens in prompt_lib.overlong_prompts(prompts, lambda p: len(encode(p)) + 2, context):
+        shown = prompt if len(prompt) <= 70 else prompt[:67] + "..."
+        warnings.warn(
+            f"prompt {shown!r} has {tokens} tokens; the text encoder reads the first {context}, so the rest is cut",
+            ClipzsWarning,
+            stacklevel=4,
+        )
+
+
+def _has_tower(clip: ClipModel, tower: str) -> bool:
+    """Whether `clip` was loaded with `tower` (`load_model(towers={"text"})` leaves the image tower out)."""
+    return tower == "text" or not isinstance(clip.model.visual, NotLoaded)
+
+
+def encode(
+    setup: Setup, source: ImageSource, spec: ModelSpec, clip: ClipModel | None = None, cache: FeatureCache | None = None
+) -> Encoding:
+    """Image and text features of `source` under `setup`, through the feature cache. The model is loaded only
+    for what the cache lacks: neither tower when everything is cached, the text tower alone for new prompts."""
+    laps = _Laps()
+    names = prompt_lib.class_names(setup.dataset, source.classes, setup.classnames)
+    prompts = prompt_lib.dataset_prompts(setup.templates, setup.dataset, names, own=source.templates)
+    flat = [p for row in prompts.prompts for p in row]
+    text_key, image_key = feature_keys(spec, source)
+    text_entry: TextEntry | None = cache.texts(text_key) if cache else None
+    image_entry: ImageEntry | None = cache.images(image_key, len(source), CHUNK_IMAGES) if cache else None
+    found = text_entry.lookup(flat) if text_entry else {}
+    facts = text_entry.facts() if text_entry else None
+    missing = [p for p in dict.fromkeys(flat) if p not in found]
+    towers = set()
+    if image_entry is None or image_entry.missing():
+        towers.add("image")
+    if missing or facts is None:
+        towers.add("text")
+    if towers and (clip is None or not all(_has_tower(clip, t) for t in towers)):
+        clip = load_model(spec=spec, towers=frozenset(towers))
+        laps("load_model")
+    if clip is not None and text_entry is not None and facts is None:
+        text_entry.store_facts({"logit_scale": clip.logit_scale})
+    logit_scale = clip.logit_scale if clip is not None else float(facts["logit_scale"])
+    if missing:
+        _warn_overlong(clip, missing)
+    text = encode_text(clip, flat, cache=text_entry, found=found)
+    laps("text")
+    if "image" in towers and setup.engine == "ray":
+        from .engines.ray import encode_images as encode_on_ray
+
+        image = encode_on_ray(
+            source,
+            spec,
+            clip.preprocess,
+            batch_size=setup.batch_size or default_batch_size(spec.device),
+            cache=image_entry,
+            collect=setup.ray_collect,
+            strict=setup.strict,
+            compile=setup.compile,
+            progress=setup.progress,
+            address=setup.ray_address,
+        )
+    elif "image" in towers:
+        image = encode_images(
+            clip,
+            source,
+            batch_size=setup.batch_size or default_batch_size(spec.device),
+            workers=setup.workers,
+            progress=setup.progress,
+            cache=image_entry,
+            compile=setup.compile,
+            strict=setup.strict,
+        )
+    else:
+        image = cached_images(image_entry)
+    laps("images")
+    if setup.strict and image.skipped:
+        first, reason = next(iter(image.skipped.items()))
+        raise ClipzsError(f"cannot read image {source.item_name(first)}: {reason} (strict)", parameter="strict")
+    kept = np.setdiff1d(np.arange(len(source)), np.fromiter(image.skipped, dtype=np.int64, count=len(image.skipped)))
+    if len(kept) == 0:
+        raise ClipzsError(f"none of the {len(source)} images of {source.name}/{source.split} could be read")
+    index = torch.from_numpy(kept)
+    features = Features(
+        image=image.features[index],
+        text=text.features.view(len(prompts.prompts), len(names), -1),
+        labels=torch.from_numpy(source.labels)[index],
+        logit_scale=logit_scale,
+    )
+    skipped = tuple(Skipped(i, source.item_name(i), reason) for i, reason in image.skipped.items())
+    encoded = {"images": image.computed, "prompts": text.computed}
+    return Encoding(source, spec, prompts, names, features, kept, skipped, encoded, laps.seconds, clip)
+
+
+def _run(setup: Setup, run: Encoding, seconds: dict[str, float], **options) -> Run:
+    """The results header: what was evaluated, with what, and every option used."""
+    notes = [n for n in (run.source.note, run.prompts.note) if n]
+    return Run(
+        dataset=run.source.name,
+        split=run.source.split,
+        num_images=len(run.kept),
+        model=run.spec.name,
+        pretrained=run.spec.pretrained,
+        checkpoint=run.spec.checkpoint,
+        precision=run.spec.precision,
+        device=str(run.spec.device),
+        templates=tuple(run.prompts.names),
+        classnames=setup.classnames,
+        classes=tuple(run.classes),
+        options={**setup.record(), **options},
+        data_root=None if setup.data_root is None else str(setup.data_root),
+        note="; ".join(notes) or None,
+        skipped=run.skipped,
+        encoded=run.encoded,
+        seconds={**run.seconds, **seconds},
+        clipzs_version=__version__,
+    )
 
 
 def summarize(
@@ -43,257 +270,131 @@ def summarize(
     methods: Sequence[str],
     subsets: Sequence[tuple[int, ...]],
     templates: Sequence[str],
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict:
-    """Metrics of every single template and every (method, subset) ensemble, with 95% bootstrap intervals
-    (seeded, the same resamples for every row), the predictions [N] of the best ensemble by top-1 (first on
-    ties), and an exact McNemar test of that ensemble against the best single template: pure tensor maths."""
-    all_scores = scores(features.image, features.text, features.logit_scale)
-    labels, num_classes = features.labels, all_scores.shape[2]
-    rows: list[dict] = []
-    hits1: list[torch.Tensor] = []
-    hits5: dict[int, torch.Tensor] = {}
-
-    def record(row: dict, pred: torch.Tensor, class_scores: torch.Tensor | None) -> None:
-        hit1, hit5 = pred == labels, topk_hits(class_scores, labels, 5)
-        row["acc1"] = hit1.float().mean().item()
-        row["acc5"] = None if hit5 is None else hit5.float().mean().item()
-        row["mean_per_class_recall"] = mean_per_class_recall(pred, labels, num_classes)
-        hits1.append(hit1)
-        if hit5 is not None:
-            hits5[len(rows)] = hit5
-        rows.append(row)
-
-    for t, template in enumerate(templates):
-        record({"template": template}, all_scores[:, t].argmax(dim=1), all_scores[:, t])
-    predictions = {}
-    for method in methods:
-        for subset in subsets:
-            result = combine(method, all_scores, features.text, subset)
-            predictions[len(rows)] = result.pred
-            record({"method": method, "templates": list(subset)}, result.pred, result.scores)
-
-    for row, (low, high) in zip(rows, bootstrap_cis(torch.stack(hits1, dim=1), n_boot, seed).tolist(), strict=True):
-        row["acc1_ci"] = [low, high]
-    if hits5:
-        cis5 = bootstrap_cis(torch.stack(list(hits5.values()), 1), n_boot, seed).tolist()
-        for i, (low, high) in zip(hits5, cis5, strict=True):
-            rows[i]["acc5_ci"] = [low, high]
-
-    single, ensembles = rows[: len(templates)], rows[len(templates) :]
-    best_single = max(range(len(single)), key=lambda i: single[i]["acc1"])
-    best = max(predictions, key=lambda i: rows[i]["acc1"]) if predictions else None
-    summary = {"single": single, "ensembles": ensembles, "best": None, "comparisons": []}
-    if best is not None:
-        summary["best"] = {
-            **{k: rows[best][k] for k in ("method", "templates", "acc1")},
-            "pred": predictions[best].tolist(),
-        }
-        test = mcnemar(hits1[best], hits1[best_single])
-        summary["comparisons"].append(
-            {
-                "a": label(rows[best]["method"], rows[best]["templates"]),
-                "b": label(None, [best_single]),
-                "acc1_a": rows[best]["acc1"],
-                "acc1_b": single[best_single]["acc1"],
-                "a_only": test["b"],
-                "b_only": test["c"],
-                "p_value": test["p_value"],
-            }
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    block: int | None = None,
+) -> tuple[tuple[Row, ...], tuple[Row, ...], Best | None, tuple[Comparison, ...], Bootstrap]:
+    """Metrics of every single template and every (method, subset) ensemble, with paired bootstrap intervals,
+    the best ensemble (first on ties) with its predictions, and an exact McNemar test of it against the best
+    single template: pure tensor maths on the features, a block of images at a time."""
+    scores = Scores(features, block=block)
+    specs = [(SINGLE, (t,)) for t in range(len(templates))] + [(m, s) for m in methods for s in subsets]
+    draws = Resamples(len(features.labels), resamples, seed)
+    tallies = score_rows(scores, specs, draws)
+    n, c = len(features.labels), features.text.shape[1]
+    counts = torch.bincount(features.labels, minlength=c).float()
+    ci1 = draws.intervals(tallies.boot1, LEVEL).tolist()
+    ci5 = draws.intervals(tallies.boot5, LEVEL).tolist()
+    rows = []
+    for i, (method, subset) in enumerate(specs):
+        has5 = ranks_method(method) and c >= 5
+        rows.append(
+            Row(
+                method=method,
+                templates=subset,
+                acc1=(torch.tensor(float(tallies.hits1[i])) / n).item(),
+                acc5=(torch.tensor(float(tallies.hits5[i])) / n).item() if has5 else None,
+                mean_per_class_recall=(tallies.per_class[i] / counts).nanmean().item(),
+                acc1_ci=tuple(ci1[i]),
+                acc5_ci=tuple(ci5[i]) if has5 else None,
+                template=templates[subset[0]] if method is SINGLE else None,
+            )
         )
-    return summary
-
-
-def feature_keys(clip: ClipModel, images: ImageSet) -> tuple[dict, dict]:
-    """Cache keys: text features depend on the model and its numerics; image features also on the
-    preprocessing and the exact images."""
-    text = {
-        "model": clip.name,
-        "config": clip.config,
-        "checkpoint": clip.checkpoint,
-        "precision": clip.precision,
-        "device": clip.device.type,
-    }
-    image = {
-        **text,
-        "preprocess": split_preprocess(clip.preprocess).description,
-        "dataset": images.name,
-        "split": images.split,
-        "images": images.fingerprint(),
-    }
-    return text, image
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What to encode: data, model and prompts, and how (the options `eval`, `select` and `compare` share)."""
-
-    dataset: str = "cifar100"
-    data_root: str | Path | None = None
-    split: str = "test"
-    model: str = "ViT-B/32"
-    pretrained: str | None = None
-    cache_dir: str | Path | None = None
-    templates: str = "seed"
-    classname_style: str = "clip"
-    batch_size: int | None = None
-    device: str | None = None
-    precision: str | None = None
-    workers: int | None = None
-    limit: int | None = None
-    feature_cache: str | Path | None = None
-    use_cache: bool = True
-    progress: bool = True
-    compile: bool = False
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """One pass over a set of images and the prompts: what every later stage reads."""
-
-    images: ImageSet
-    clip: ClipModel
-    prompts: PromptSet
-    classes: list[str]
-    features: Features
-    encoded: dict[str, int]
-    seconds: dict[str, float]
-
-
-def load_images(setup: Setup) -> ImageSet:
-    """The dataset split of `setup` (its first `limit` images), checked to be non-empty."""
-    images = load_dataset(setup.dataset, setup.data_root, setup.split)
-    if setup.limit is not None:
-        if setup.limit < 1:
-            raise ClipzsError(f"--limit must be at least 1, got {setup.limit}")
-        images = images.subset(range(min(setup.limit, len(images))))
-    if len(images) == 0:
-        raise ClipzsError(f"{images.name}/{images.split} holds no images")
-    return images
-
-
-def encode(setup: Setup, images: ImageSet, clip: ClipModel | None = None) -> Encoding:
-    """Image and text features of `images` under `setup`, through the feature cache unless it is off."""
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        seconds[name] = round(now - t, 3)
-        t = now
-
-    names = classnames(images.classes, setup.classname_style)
-    prompts = prompt_set(read_prompts(setup.templates), names)
-    if clip is None:
-        clip = load_model(setup.model, setup.pretrained, setup.device, setup.precision, setup.cache_dir)
-        lap("load_model")
-    cache = FeatureCache(setup.feature_cache) if setup.use_cache else None
-    text_key, image_key = feature_keys(clip, images)
-    text = encode_prompt_matrix(clip, prompts.prompts, cache=cache.texts(text_key) if cache else None)
-    lap("text")
-    image = encode_images(
-        clip,
-        images,
-        batch_size=setup.batch_size or default_batch_size(clip.device),
-        workers=setup.workers,
-        progress=setup.progress,
-        cache=cache.images(image_key, len(images), CHUNK) if cache else None,
-        compile=setup.compile,
+    single, ensembles = tuple(rows[: len(templates)]), tuple(rows[len(templates) :])
+    bootstrap = Bootstrap(resamples=resamples, seed=seed, level=LEVEL, rows="all")
+    if not ensembles:
+        return single, ensembles, None, (), bootstrap
+    best_single = max(range(len(single)), key=lambda i: single[i].acc1)
+    best = len(single) + max(range(len(ensembles)), key=lambda i: ensembles[i].acc1)
+    pair = [best, best_single]
+    pred = predictions(scores, [specs[i] for i in pair])
+    test = mcnemar(pred[0] == features.labels, pred[1] == features.labels)
+    chosen = rows[best]
+    comparison = Comparison(
+        a=chosen.label,
+        b=single[best_single].label,
+        acc1_a=chosen.acc1,
+        acc1_b=single[best_single].acc1,
+        a_only=test["b"],
+        b_only=test["c"],
+        p_value=test["p_value"],
     )
-    lap("images")
-    labels = torch.from_numpy(images.labels)
-    features = Features(image=image.features, text=text.features, labels=labels, logit_scale=clip.logit_scale)
-    encoded = {"images": image.computed, "prompts": text.computed}
-    return Encoding(images, clip, prompts, names, features, encoded, seconds)
+    return (
+        single,
+        ensembles,
+        Best(chosen.method, chosen.templates, chosen.acc1, tuple(pred[0].tolist())),
+        (comparison,),
+        bootstrap,
+    )
 
 
-def describe(setup: Setup, run: Encoding) -> dict:
-    """The part of a results dict that says what was evaluated."""
-    return {
-        "clipzs_version": __version__,
-        "dataset": run.images.name,
-        "data_root": str(setup.data_root) if setup.data_root else None,
-        "split": run.images.split,
-        "limit": setup.limit,
-        "num_images": len(run.images),
-        "model": run.clip.name,
-        "pretrained": run.clip.pretrained,
-        "checkpoint": run.clip.checkpoint,
-        "precision": run.clip.precision,
-        "device": str(run.clip.device),
-        "templates": run.prompts.names,
-        "prompts": setup.templates,
-        "classnames": setup.classname_style,
-        "classes": run.classes,
-    }
+def _setup(options: dict) -> Setup:
+    unknown = sorted(set(options) - set(Setup.__dataclass_fields__))
+    if unknown:
+        raise ClipzsError(f"unknown option(s) {', '.join(unknown)}")
+    return Setup(**options)
 
 
-def evaluate(ensemble: str | Sequence[str] = "all", sweep: bool = False, balance: bool = False, **options) -> dict:
-    """Run one zero-shot evaluation and return the results dict (the schema of `--out results.json`).
+def _encoded(setup: Setup) -> tuple[Encoding, float]:
+    start = time.perf_counter()
+    source, spec = prepare(setup)
+    return encode(setup, source, spec, cache=open_cache(setup)), time.perf_counter() - start
 
-    `options` are the fields of `Setup` (dataset, data_root, split, model, pretrained, templates, ...).
-    `templates` is a built-in set, a template file, or a `.json` of class-specific sentences. Ensembles are
-    taken over all templates, or over every non-empty subset with `sweep=True`; `balance` adds each score
-    method's class-balanced variant. Image and text features come from the feature cache when it holds
-    them (`feature_cache` folder, default `$CLIPZS_FEATURE_CACHE` or `~/.cache/clipzs/features`;
-    `use_cache=False` bypasses it).
+
+def check_sweep(templates: int, sweep: bool) -> None:
+    if sweep:
+        all_subsets(templates)
+
+
+def evaluate(
+    ensemble: str | Sequence[str] = "all",
+    sweep: bool = False,
+    balance: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    **options,
+) -> EvalResult:
+    """Run one zero-shot evaluation and return its typed result (`results.to_json` gives the JSON).
+
+    `options` are the fields of `options.Setup` (dataset, data_root, split, model, pretrained, templates, ...).
+    Ensembles are taken over all templates, or over every non-empty subset with `sweep=True` (up to 12
+    templates); `balance` adds each score method's class-balanced variant. Every accuracy has a paired
+    percentile-bootstrap interval (`resamples` draws seeded with `seed`, recorded in the result).
     """
     start = time.perf_counter()
-    setup = Setup(**options)
-    source = read_prompts(setup.templates)
+    setup = _setup(options)
     methods = parse_methods(ensemble, balance)
-    if sweep and isinstance(source, list):
-        all_subsets(len(source))  # refuse an impossible sweep before any work
-    images = load_images(setup)
-    seconds = {"dataset": round(time.perf_counter() - start, 3)}
-    run = encode(setup, images)
+    run, _ = _encoded(setup)
     slots = len(run.prompts.names)
+    check_sweep(slots, sweep)
     t = time.perf_counter()
-    summary = summarize(
-        run.features, methods, all_subsets(slots) if sweep else [tuple(range(slots))], run.prompts.names
+    single, ensembles, best, comparisons, bootstrap = summarize(
+        run.features,
+        methods,
+        all_subsets(slots) if sweep else [tuple(range(slots))],
+        run.prompts.names,
+        resamples,
+        seed,
     )
-    seconds.update(run.seconds, ensembles=round(time.perf_counter() - t, 3))
-    seconds["total"] = round(time.perf_counter() - start, 3)
-    return {
-        **describe(setup, run),
-        "methods": methods,
-        **summary,
-        "labels": images.labels.tolist(),
-        "encoded": run.encoded,
-        "seconds": seconds,
-    }
+    seconds = {"ensembles": round(time.perf_counter() - t, 3), "total": round(time.perf_counter() - start, 3)}
+    header = _run(setup, run, seconds, ensemble=methods, sweep=sweep, balance=balance, resamples=resamples, seed=seed)
+    return EvalResult(
+        run=header,
+        methods=tuple(methods),
+        single=single,
+        ensembles=ensembles,
+        best=best,
+        comparisons=comparisons,
+        labels=tuple(run.features.labels.tolist()),
+        bootstrap=bootstrap,
+    )
 
 
-def _accuracy_with_ci(pred: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
-    correct = pred == labels
-    low, high = bootstrap_cis(correct[:, None], seed=seed)[0].tolist()
-    return {"acc1": correct.float().mean().item(), "acc1_ci": [low, high]}
-
-
-def split_for_selection(
-    setup: Setup, select_split: str | None, select_size: int, seed: int
-) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
-    """Labelled images to choose templates on and the evaluation images, never sharing an image.
-
-    The selection images are `select_size` images drawn (seeded) from `select_split` (default: `train` for
-    CIFAR, else the evaluation split). When that is the evaluation split itself, the drawn images are
-    removed from the evaluation set. Returns each set with its indices into its split.
-    """
-    if select_size < 1:
-        raise ClipzsError(f"--select-size must be at least 1, got {select_size}")
-    evaluation = load_images(setup)
-    pool_split = select_split or ("train" if setup.dataset in CIFAR else setup.split)
-    pool = evaluation if pool_split == evaluation.split else load_dataset(setup.dataset, setup.data_root, pool_split)
-    if pool.classes != evaluation.classes:
-        raise ClipzsError(f"split {pool_split} has other classes than {evaluation.split}")
-    shared = pool is evaluation
-    if shared and select_size >= len(pool):
-        raise ClipzsError(f"--select-size {select_size} leaves no evaluation images out of {len(pool)}")
-    picked = np.sort(np.random.default_rng(seed).permutation(len(pool))[: min(select_size, len(pool))])
-    kept = np.setdiff1d(np.arange(len(evaluation)), picked) if shared else np.arange(len(evaluation))
-    return pool.subset(picked), picked, evaluation.subset(kept), kept
+def _accuracy(pred: torch.Tensor, labels: torch.Tensor, resamples: int, seed: int) -> tuple[float, tuple]:
+    draws = Resamples(len(labels), resamples, seed)
+    sums = (pred == labels).float()[None] @ draws.block(0, len(labels)).T
+    low, high = draws.intervals(sums, LEVEL)[0].tolist()
+    return (torch.tensor(float((pred == labels).sum())) / len(labels)).item(), (low, high)
 
 
 def select(
@@ -301,61 +402,128 @@ def select(
     select_split: str | None = None,
     select_size: int = 5000,
     seed: int = 0,
+    resamples: int = RESAMPLES,
     **options,
-) -> dict:
-    """Choose template subsets on labelled images disjoint from the evaluation images, then report the
-    chosen subsets' accuracy on the evaluation images: an honest estimate, unlike the best subset of a
-    sweep, which is chosen on the very images it is scored on (that one is reported too, as optimistic).
+) -> SelectResult:
+    """Choose template subsets on labelled images disjoint from the evaluation images, then report the chosen
+    subsets' accuracy on the evaluation images: an honest estimate, unlike the best subset of a sweep, which is
+    chosen on the very images it is scored on (that one is reported too, as optimistic, when the evaluation
+    scores fit in memory).
 
-    Choosers: greedy forward selection (any number of templates) and exhaustive best subset (up to 12).
+    The selection images are `select_size` images drawn (seeded) from `select_split` (default: `train` for
+    datasets that have one besides the evaluation split, else the evaluation split, whose drawn images are then
+    left out of the evaluation). Choosers: greedy forward selection (any number of templates) and exhaustive
+    best subset (up to 12).
     """
-    setup = Setup(**options)
+    setup = _setup(options)
     methods = parse_methods(ensemble)
-    chooser_images, chooser_index, evaluation, evaluation_index = split_for_selection(
-        setup, select_split, select_size, seed
-    )
-    chooser = encode(setup, chooser_images)
-    run = encode(setup, evaluation, clip=chooser.clip)
-    chosen_scores = scores(chooser.features.image, chooser.features.text, chooser.features.logit_scale)
-    test_scores = scores(run.features.image, run.features.text, run.features.logit_scale)
-    text, labels, slots = run.features.text, run.features.labels, len(run.prompts.names)
+    if select_size < 1:
+        raise ClipzsError(f"select_size must be at least 1, got {select_size}", parameter="select_size")
+    start = time.perf_counter()
+    evaluation, spec = prepare(setup)
+    pool_split = select_split or _selection_split(setup.dataset, evaluation.split)
+    pool = evaluation if pool_split == evaluation.split else open_source(setup.dataset, setup.data_root, pool_split)
+    if pool.classes != evaluation.classes:
+        raise ClipzsError(f"split {pool_split} has other classes than {evaluation.split}", parameter="select_split")
+    shared = pool is evaluation
+    if shared and select_size >= len(pool):
+        raise ClipzsError(
+            f"select_size {select_size} leaves no evaluation images out of {len(pool)}", parameter="select_size"
+        )
+    picked = np.sort(np.random.default_rng(seed).permutation(len(pool))[: min(select_size, len(pool))])
+    cache = open_cache(setup)
+    if shared:  # one encoding of the split, divided by index
+        whole = encode(setup, evaluation, spec, cache=cache)
+        chooser, run = _divide(whole, picked)
+    else:
+        chooser = encode(replace(setup, split=pool_split, limit=None), pool.subset(picked), spec, cache=cache)
+        run = encode(setup, evaluation, spec, clip=chooser.clip, cache=cache)
+    t = time.perf_counter()
+    chosen_scores, test_scores = Scores(chooser.features), Scores(run.features)
+    slots = len(run.prompts.names)
+    labels = run.features.labels
 
-    def on_test(method: str, subset: Sequence[int]) -> dict:
-        return {"templates": list(subset), **_accuracy_with_ci(combine(method, test_scores, text, subset).pred, labels)}
+    def on_test(method: str, subsets: list[tuple[int, ...]]) -> list[tuple[float, tuple]]:
+        pred = predictions(test_scores, [(method, s) for s in subsets])
+        return [_accuracy(p, labels, resamples, seed) for p in pred]
 
     rows = []
     for method in methods:
-        path = greedy_forward(method, chosen_scores, text, chooser.features.labels)
+        path = greedy_forward(method, chosen_scores)
         greedy, greedy_acc = best_of_path(path)
-        row = {
-            "method": method,
-            "all_templates": on_test(method, range(slots)),
-            "greedy": {
-                **on_test(method, greedy),
-                "selection_acc1": greedy_acc,
-                "path": [{"templates": list(s), "selection_acc1": a} for s, a in path],
-            },
+        candidates = [tuple(range(slots)), greedy]
+        exhaustive = best_subset(method, chosen_scores) if slots <= MAX_SWEEP_TEMPLATES else None
+        if exhaustive:
+            candidates.append(exhaustive[0])
+        if test_scores.held is not None:
+            optimistic = (
+                best_subset(method, test_scores)
+                if slots <= MAX_SWEEP_TEMPLATES
+                else best_of_path(greedy_forward(method, test_scores))
+            )[0]
+            candidates.append(optimistic)
+        measured = on_test(method, candidates)
+        choice = {
+            "all_templates": Choice(candidates[0], *measured[0]),
+            "greedy": Choice(greedy, *measured[1], selection_acc1=greedy_acc, path=tuple(path)),
         }
-        if slots <= MAX_SWEEP_TEMPLATES:
-            subset, subset_acc = best_subset(method, chosen_scores, text, chooser.features.labels)
-            row["best_subset"] = {**on_test(method, subset), "selection_acc1": subset_acc}
-            optimistic, _ = best_subset(method, test_scores, text, labels)
+        if exhaustive:
+            choice["best_subset"] = Choice(exhaustive[0], *measured[2], selection_acc1=exhaustive[1])
+        note = None
+        if test_scores.held is not None:
+            choice["test_set_best"] = Choice(candidates[-1], *measured[-1], optimistic=True)
         else:
-            optimistic, _ = best_of_path(greedy_forward(method, test_scores, text, labels))
-        row["test_set_best"] = {**on_test(method, optimistic), "optimistic": True}
-        rows.append(row)
-    return {
-        **describe(setup, run),
-        "selection": {
-            "split": chooser_images.split,
-            "num_images": len(chooser_images),
-            "seed": seed,
-            "indices": chooser_index.tolist(),
-        },
-        "evaluation_indices": evaluation_index.tolist(),
-        "methods": rows,
-        "encoded": {k: chooser.encoded[k] + run.encoded[k] for k in run.encoded},
-    }
+            note = "test-set best not computed: the evaluation images' scores are too large to hold"
+        rows.append(_selection(method, choice, note))
+    seconds = {"select": round(time.perf_counter() - t, 3), "total": round(time.perf_counter() - start, 3)}
+    header = _run(
+        setup,
+        run,
+        seconds,
+        ensemble=methods,
+        select_split=pool_split,
+        select_size=select_size,
+        seed=seed,
+        resamples=resamples,
+    )
+    header = replace(
+        header, encoded={k: chooser.encoded[k] + run.encoded[k] for k in run.encoded} if not shared else run.encoded
+    )
+    return SelectResult(
+        run=header,
+        selection=SelectionImages(
+            pool_split,
+            len(chooser.kept),
+            seed,
+            tuple(picked[chooser.kept].tolist()) if not shared else tuple(chooser.kept.tolist()),
+        ),
+        evaluation_indices=tuple(run.kept.tolist()),
+        methods=tuple(rows),
+    )
+
+
+def _selection(method: str, choice: dict, note: str | None):
+    from .results import Selection
+
+    return Selection(method=method, note=note, **choice)
+
+
+def _selection_split(dataset: str, split: str) -> str:
+    """`train` when the dataset has one besides `split` (CIFAR's 50,000 images), else `split` itself."""
+    from .catalogue import find
+
+    info = find(dataset)
+    return "train" if info is not None and "train" in info.splits and split != "train" else split
+
+
+def _divide(whole: Encoding, picked: np.ndarray) -> tuple[Encoding, Encoding]:
+    """The chooser images (`picked`, indices into the source) and the rest, from one encoding."""
+    chosen = np.isin(whole.kept, picked)
+    parts = []
+    for mask in (chosen, ~chosen):
+        index = torch.from_numpy(np.flatnonzero(mask))
+        parts.append(replace(whole, features=whole.features.subset(index), kept=whole.kept[mask]))
+    return parts[0], parts[1]
 
 
 def parse_spec(spec: str, num_templates: int) -> tuple[str | None, tuple[int, ...]]:
@@ -372,32 +540,47 @@ def parse_spec(spec: str, num_templates: int) -> tuple[str | None, tuple[int, ..
     if not subset or not all(0 <= t < num_templates for t in subset) or (method is None and len(subset) != 1):
         raise ClipzsError(f"cannot read {spec!r}: use METHOD, METHOD:1+3 or template:N, templates 1..{num_templates}")
     if method is not None:
-        parse_methods(method)
+        try:
+            parse_methods(method)
+        except ClipzsError as e:
+            raise ClipzsError(f"cannot read {spec!r}: {str(e).removeprefix('ensemble: ')}") from e
     return method, subset
 
 
-def compare(a: str, b: str, **options) -> dict:
+def check_specs(specs: Sequence[str], setup: Setup) -> None:
+    """Refuse unreadable `compare` specs before any work (template numbers need the template count)."""
+    count = len(prompt_lib.read_prompts(setup.templates, setup.dataset)) if setup.templates != "dataset" else None
+    for spec in specs:
+        parse_spec(spec, count if count is not None else 10**6)
+
+
+def compare(a: str, b: str, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, **options) -> CompareResult:
     """Exact McNemar test between two methods or template subsets on the same images (see `parse_spec`)."""
-    setup = Setup(**options)
-    run = encode(setup, load_images(setup))
-    all_scores = scores(run.features.image, run.features.text, run.features.logit_scale)
-    labels, slots = run.features.labels, len(run.prompts.names)
-    sides = {}
-    for name, spec in (("a", a), ("b", b)):
-        method, subset = parse_spec(spec, slots)
-        pred = (
-            all_scores[:, subset[0]].argmax(1)
-            if method is None
-            else combine(method, all_scores, run.features.text, subset).pred
-        )
-        sides[name] = {"spec": spec, "label": label(method, subset), "pred": pred, **_accuracy_with_ci(pred, labels)}
-    test = mcnemar(sides["a"].pop("pred") == labels, sides["b"].pop("pred") == labels)
-    return {
-        **describe(setup, run),
-        "a": sides["a"],
-        "b": sides["b"],
-        "a_only": test["b"],
-        "b_only": test["c"],
-        "p_value": test["p_value"],
-        "encoded": run.encoded,
-    }
+    setup = _setup(options)
+    check_specs([a, b], setup)
+    run, _ = _encoded(setup)
+    slots, labels = len(run.prompts.names), run.features.labels
+    parsed = [parse_spec(spec, slots) for spec in (a, b)]
+    pred = predictions(Scores(run.features), [(m, s) for m, s in parsed])
+    sides = [
+        Side(spec, row_label(m, s), *_accuracy(p, labels, resamples, seed))
+        for spec, (m, s), p in zip((a, b), parsed, pred, strict=True)
+    ]
+    test = mcnemar(pred[0] == labels, pred[1] == labels)
+    return CompareResult(
+        run=_run(setup, run, {}, a=a, b=b, resamples=resamples, seed=seed),
+        a=sides[0],
+        b=sides[1],
+        a_only=test["b"],
+        b_only=test["c"],
+        p_value=test["p_value"],
+    )
+
+
+def encode_only(**options) -> Encoding:
+    """Fill the feature cache for a dataset and model, without scoring (a cluster precomputes, a laptop scores)."""
+    setup = _setup(options)
+    if not setup.use_cache:
+        raise ClipzsError("encode fills the feature cache: it cannot run with use_cache=False", parameter="use_cache")
+    run, _ = _encoded(setup)
+    return run

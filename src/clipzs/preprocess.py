@@ -15,9 +15,7 @@ from functools import cache
 
 import numpy as np
 import torch
-from open_clip.transform import MaybeConvertMode
 from PIL import Image
-from torchvision import transforms as T
 
 from .errors import ClipzsError
 
@@ -47,6 +45,8 @@ class Preprocessing:
 
 
 def _is_rgb_step(step: object) -> bool:
+    from open_clip.transform import MaybeConvertMode
+
     return (isinstance(step, MaybeConvertMode) and step.mode == "RGB") or getattr(
         step, "__name__", ""
     ) == "_convert_to_rgb"
@@ -54,6 +54,8 @@ def _is_rgb_step(step: object) -> bool:
 
 def _square_size(steps: list) -> int | None:
     """S when the PIL steps are exactly Resize(S, bicubic) + CenterCrop(S) (+ RGB conversion), else None."""
+    from torchvision import transforms as T
+
     core = [s for s in steps if not _is_rgb_step(s)]
     if len(core) != 2 or not isinstance(core[0], T.Resize) or not isinstance(core[1], T.CenterCrop):
         return None
@@ -66,6 +68,8 @@ def _square_size(steps: list) -> int | None:
 
 def split_preprocess(preprocess: Callable) -> Preprocessing:
     """Split open_clip's evaluation transform at ToTensor; anything else is not a transform clipzs knows."""
+    from torchvision import transforms as T
+
     steps = list(getattr(preprocess, "transforms", []))
     at = next((i for i, s in enumerate(steps) if isinstance(s, T.ToTensor)), None)
     if at is None or len(steps) != at + 2 or not isinstance(steps[-1], T.Normalize):

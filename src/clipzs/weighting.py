@@ -164,7 +164,7 @@ def carprt(logits: torch.Tensor, text: torch.Tensor | None = None, temperature: 
     return weighted_logits(logits, weights) if text is None else weighted_embedding(logits, text, weights)
 
 
-def balance_classes(
+def sinkhorn_dual(
     probs: torch.Tensor,
     target: torch.Tensor | None = None,
     epsilon: float = 1.0,
@@ -183,7 +183,8 @@ def balance_classes(
     Computation 2002), p(c | x) * q(c) / p(c), with the ratio v = q/p solved for so that the corrected marginal
     is the target instead of estimated by their EM; as epsilon -> 0 the plan tends to OTTER's exact
     (linear-programming) plan. Works on any method's probabilities (softmax of an ensemble's class scores,
-    the `prob` mean, ...).
+    the `prob` mean, ...). Returns the class dual g [C] (float64); `apply_dual` gives the rebalanced rows, one
+    image at a time if need be, since each row depends only on itself and g.
     """
     assert probs.ndim == 2 and probs.shape[0] > 0, probs.shape
     if not epsilon > 0:
@@ -206,4 +207,24 @@ def balance_classes(
         f = f_next
         if converged:
             break
-    return (kernel + g).softmax(dim=1).to(probs.dtype)
+    return g
+
+
+def apply_dual(probs: torch.Tensor, g: torch.Tensor, epsilon: float = 1.0) -> torch.Tensor:
+    """Probabilities [..., C] rebalanced under the dual g [C] of `sinkhorn_dual`: p^(1/epsilon) * e^g, renormalised."""
+    kernel = probs.double().clamp(min=torch.finfo(torch.float64).tiny).log() / epsilon
+    return (kernel + g).softmax(dim=-1).to(probs.dtype)
+
+
+def balance_classes(probs: torch.Tensor, target: torch.Tensor | None = None, epsilon: float = 1.0) -> torch.Tensor:
+    """Class probabilities [N, C] rebalanced, without labels, so that their mean over the images is `target`
+    (uniform by default): `apply_dual` of `sinkhorn_dual`."""
+    return apply_dual(probs, sinkhorn_dual(probs, target, epsilon), epsilon)
+
+
+def softmax_multipliers(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """exp((scores - max over templates) / temperature) [T] or [T, C], float32: multipliers whose sum over any
+    template subset normalises them into that subset's softmax weights (dim 0 is the template)."""
+    _check_temperature(temperature)
+    scores = scores.double()
+    return ((scores - scores.amax(dim=0)) / temperature).exp().float()

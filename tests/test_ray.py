@@ -1,0 +1,364 @@
+"""The Ray engine against the local one: the same bits in the same cache chunks on a local Ray instance and on a
+two-node cluster, through a killed actor, a killed driver and unreadable images; and no Ray unless asked for.
+
+Chunks of CHUNK images and batches of BATCH, so that every run has several chunks whose batches do not divide them.
+One Ray connection serves the module (`instances`): the local instance for most tests, then the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+from wds_helpers import encode, pixels, write_class_folders, write_wds
+
+from clipzs import cli, engines
+from clipzs.cache import FeatureCache, ImageEntry
+from clipzs.encode import cached_images, encode_images
+from clipzs.engines import ray as engine
+from clipzs.errors import ClipzsError
+from clipzs.models import describe_model, load_model
+from clipzs.sources import ArraySource, ImageSource, open_source
+from clipzs.sources.folder import load_folder
+
+CHUNK, BATCH, N = 8, 3, 45
+KEY = {"test": "ray"}
+NAMESPACE = "clipzs-tests"
+TESTS = Path(__file__).parent
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray Data's own settings
+
+
+def cifar_arrays() -> ArraySource:
+    """N CIFAR-like images, the same in every process."""
+    labels = np.arange(N) % 100
+    images = helpers.cifar_pixels(labels, seed=3).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return ArraySource("cifar100", "test", helpers.CIFAR100_CLASSES, labels, images)
+
+
+class Gate:
+    """A named Ray actor that holds back the readers of some images until the test opens it."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.opened = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self.opened.wait()
+
+    async def open(self) -> None:
+        self.opened.set()
+
+
+class GatedArrays(ArraySource):
+    """Arrays whose images marked `gated` are read only once the gate named `gate` is open (or fail after 2 min)."""
+
+    def __init__(self, base: ArraySource, gated: np.ndarray, gate: str):
+        super().__init__(base.name, base.split, base.classes, base.labels, base.pixels)
+        self.gated, self.gate = gated, gate
+
+    def load(self, i: int):
+        if self.gated[i]:
+            import ray
+
+            ray.get(ray.get_actor(self.gate, namespace=NAMESPACE).wait.remote(), timeout=120)
+        return super().load(i)
+
+    def subset(self, indices) -> ImageSource:
+        indices = np.asarray(indices, dtype=np.int64)
+        return GatedArrays(ArraySource.subset(self, indices), self.gated[indices], self.gate)
+
+
+class Instances:
+    """The module's one Ray connection: a local instance (2 CPUs) or a two-node cluster on this machine."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.cluster = None
+
+    def use(self, kind: str) -> None:
+        import ray
+        from ray.cluster_utils import Cluster
+
+        if kind == self.kind:
+            return
+        self.close()
+        if kind == "local":
+            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+        else:
+            self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+            self.cluster.add_node(num_cpus=2)
+            ray.init(address=self.cluster.address, logging_level=logging.ERROR)
+        self.kind = kind
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+        self.cluster, self.kind = None, None
+
+
+@pytest.fixture(scope="module")
+def instances():
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    found = Instances()
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def local_ray(instances):
+    instances.use("local")
+
+
+@pytest.fixture
+def two_nodes(instances):
+    instances.use("cluster")
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_config, tiny_checkpoint):
+    return load_model(spec=describe_model(str(tiny_config), str(tiny_checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def arrays() -> ArraySource:
+    return cifar_arrays()
+
+
+@pytest.fixture
+def gate(instances):
+    """An open-able gate, named after the test; opened and removed afterwards, whatever still waits at it."""
+    import ray
+
+    name = f"gate-{os.getpid()}-{os.urandom(4).hex()}"
+    handle = ray.remote(num_cpus=0)(Gate).options(name=name, namespace=NAMESPACE).remote()
+    yield name, handle
+    ray.get(handle.open.remote())
+    ray.kill(handle)
+
+
+def entry(root: Path, source: ImageSource) -> ImageEntry:
+    return FeatureCache(root).images(KEY, len(source), CHUNK)
+
+
+def local(clip, source: ImageSource, root: Path):
+    """The local engine's features, through a cache of CHUNK-image chunks under `root`."""
+    return encode_images(clip, source, batch_size=BATCH, progress=False, cache=entry(root, source))
+
+
+def on_ray(clip, source: ImageSource, cache: ImageEntry | None, **options):
+    return engine.encode_images(source, clip.spec, clip.preprocess, BATCH, cache, progress=False, **options)
+
+
+def stored(cache: ImageEntry) -> set[str]:
+    """The chunk files and unreadable-image records: their names hold their SHA256, so equal names are equal bytes."""
+    return {name for name in os.listdir(cache.path) if name.startswith(("chunk-", "skipped-"))}
+
+
+def assert_same(got, expected) -> None:
+    """Bit for bit (NaN rows included), and the same reasons for the same images."""
+    assert got.features.dtype == expected.features.dtype
+    assert got.features.numpy().tobytes() == expected.features.numpy().tobytes()
+    assert got.skipped == expected.skipped
+
+
+def test_features_equal_the_local_engines_bit_for_bit_on_arrays(local_ray, clip, arrays, tmp_path):
+    expected = local(clip, arrays, tmp_path / "local")
+    cache = entry(tmp_path / "ray", arrays)
+    got = on_ray(clip, arrays, cache)
+    assert_same(got, expected)
+    assert got.computed == N and stored(cache) == stored(entry(tmp_path / "local", arrays))
+    assert "the workers wrote the features into the shared feature cache" in got.note
+    assert not any(name.startswith(engine.PROBE) for name in os.listdir(cache.path.parent))
+    uncached = on_ray(clip, arrays, None)  # gathered to the driver, in the local engine's uncached chunks
+    assert_same(uncached, encode_images(clip, arrays, batch_size=BATCH, progress=False))
+    assert "gathered to the driver (no feature cache)" in uncached.note
+
+
+def test_image_folder_with_an_unreadable_file_gathered_to_the_driver(local_ray, clip, tmp_path):
+    root = write_class_folders(tmp_path / "images", {"cat": 7, "dog": 6}, suffix=".png")
+    (root / "dog" / "3.png").write_bytes(b"not an image")
+    source = load_folder(root)
+    expected = local(clip, source, tmp_path / "local")
+    cache = entry(tmp_path / "ray", source)
+    got = on_ray(clip, source, cache, collect=True)
+    assert_same(got, expected)
+    assert stored(cache) == stored(entry(tmp_path / "local", source))
+    assert list(got.skipped) == [source.paths.index(str(root / "dog" / "3.png"))]
+    assert "gathered to the driver, which wrote the feature cache" in got.note
+
+
+def test_strict_stops_at_an_unreadable_image_and_caches_nothing_of_its_chunk(local_ray, clip, tmp_path):
+    root = write_class_folders(tmp_path / "images", {"cat": 12}, suffix=".png")
+    (root / "cat" / "9.png").write_bytes(b"not an image")  # the last file by name: in the second chunk
+    source = load_folder(root)
+    with pytest.raises(ClipzsError) as local_error:
+        encode_images(
+            clip, source, batch_size=BATCH, progress=False, cache=entry(tmp_path / "local", source), strict=True
+        )
+    cache = entry(tmp_path / "ray", source)
+    with pytest.raises(ClipzsError) as ray_error:
+        on_ray(clip, source, cache, strict=True)
+    assert str(ray_error.value) == str(local_error.value)
+    assert str(ray_error.value).startswith(f"cannot read image {root / 'cat' / '9.png'}: ")
+    assert (CHUNK, len(source)) in cache.missing()
+
+
+def test_a_killed_actor_is_replaced_and_the_run_gives_the_same_features(local_ray, clip, arrays, gate, tmp_path):
+    name, handle = gate
+    source = GatedArrays(arrays, np.arange(N) >= CHUNK, name)  # every chunk after the first waits at the gate
+    cache = entry(tmp_path / "ray", arrays)
+    ranges = cache.missing()
+    chunks = engine.encode_chunks(source, clip.spec, clip.preprocess, ranges, BATCH, cache)
+    first = next(chunks)
+    os.kill(first.pid, signal.SIGKILL)  # the actor that encoded it, with the rest of the run still to come
+    handle.open.remote()
+    rest = list(chunks)
+    assert first.start == 0 and sorted(c.start for c in rest) == [start for start, _ in ranges[1:]]
+    assert all(c.pid != first.pid for c in rest)
+    assert_same(cached_images(cache), local(clip, arrays, tmp_path / "local"))
+
+
+DRIVER = """
+import json, sys
+args = json.loads(sys.argv[1])
+sys.path.insert(0, args["tests"])
+import numpy as np, ray, test_ray
+from clipzs.cache import FeatureCache
+from clipzs.engines import ray as engine
+from clipzs.models import describe_model, load_model
+
+ray.cloudpickle.register_pickle_by_value(test_ray)
+ray.init(address=args["address"], logging_level="ERROR")
+spec = describe_model(args["config"], args["checkpoint"])
+source = test_ray.GatedArrays(test_ray.cifar_arrays(), np.arange(test_ray.N) >= args["gated_from"], args["gate"])
+cache = FeatureCache(args["cache"]).images(test_ray.KEY, test_ray.N, test_ray.CHUNK)
+preprocess = load_model(spec=spec, towers={"text"}).preprocess
+for chunk in engine.encode_chunks(source, spec, preprocess, cache.missing(), test_ray.BATCH, cache):
+    print(chunk.start, flush=True)
+"""
+
+
+def test_a_rerun_after_the_driver_was_killed_encodes_only_the_missing_chunks(
+    local_ray, clip, arrays, gate, tiny_config, tiny_checkpoint, tmp_path
+):
+    import ray
+
+    name, _ = gate
+    args = {
+        "tests": str(TESTS),
+        "address": ray.get_runtime_context().gcs_address,
+        "config": str(tiny_config),
+        "checkpoint": str(tiny_checkpoint),
+        "gate": name,
+        "gated_from": 2 * CHUNK,  # two chunks get through; the driver dies while the rest wait at the gate
+        "cache": str(tmp_path / "ray"),
+    }
+    log = tmp_path / "driver.log"
+    with open(log, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], stdout=subprocess.PIPE, stderr=err)
+    try:
+        done = [driver.stdout.readline().strip() for _ in range(2)]
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()
+    assert sorted(done) == [b"0", str(CHUNK).encode()], log.read_text()[-3000:]
+    cache = entry(tmp_path / "ray", arrays)
+    missing = cache.missing()
+    assert missing == [(start, min(start + CHUNK, N)) for start in range(2 * CHUNK, N, CHUNK)]
+    rerun = on_ray(clip, arrays, cache)
+    assert rerun.computed == N - 2 * CHUNK
+    assert_same(rerun, local(clip, arrays, tmp_path / "local"))
+
+
+def test_a_node_without_the_checkpoint_or_the_shared_cache_is_one_line(local_ray, clip, arrays, tmp_path):
+    with pytest.raises(ClipzsError, match=r"^checkpoint .* on node \S+ is not the driver's \(sha256:0+\)$"):
+        list(
+            engine.encode_chunks(
+                arrays, replace(clip.spec, checkpoint="sha256:" + "0" * 64), clip.preprocess, [(0, CHUNK)], BATCH
+            )
+        )
+    problem = engine.node_problem(clip.spec, tmp_path / "images" / f"{engine.PROBE}absent")
+    assert problem.startswith(f"the feature cache {tmp_path} is not the driver's on node ")
+
+
+def test_eval_on_ray_gives_the_local_results_and_a_second_run_encodes_nothing(local_ray, tiny_args, tmp_path):
+    def evaluate(engine_name: str, cache: str, out: str) -> dict:
+        argv = [
+            "eval",
+            "--preset",
+            "seed",
+            *tiny_args,
+            "--engine",
+            engine_name,
+            "--feature-cache",
+            str(tmp_path / cache),
+        ]
+        assert cli.main([*argv, "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out).read_text())
+
+    expected = evaluate("local", "local-cache", "local.json")
+    first = evaluate("ray", "ray-cache", "ray.json")
+    second = evaluate("ray", "ray-cache", "again.json")
+    for key in ("single", "ensembles", "best", "comparisons", "labels", "skipped"):
+        assert first[key] == expected[key] == second[key], key
+    assert first["encoded"] == expected["encoded"] and second["encoded"] == {"images": 0, "prompts": 0}
+    images = [sorted((tmp_path / cache / "images").glob("*/chunk-*")) for cache in ("local-cache", "ray-cache")]
+    assert [p.name for p in images[0]] == [p.name for p in images[1]] != []
+
+
+def test_without_ray_engine_ray_is_one_line(tiny_args, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ClipzsError, match=r"^engine ray needs Ray Data, which is not installed: pip install"):
+        engines.require("ray")
+    engines.require("local")
+    assert cli.main(["eval", "--engine", "ray", "--templates", "seed", *tiny_args]) == 2
+    message = "clipzs: error: --engine ray needs Ray Data, which is not installed: pip install 'clipzs[ray]'\n"
+    assert capsys.readouterr().err == message
+
+
+def test_the_local_engine_never_imports_ray(tiny_args, tmp_path):
+    script = (
+        "import sys; from clipzs import cli; code = cli.main(sys.argv[1:]); print('ray' in sys.modules); exit(code)"
+    )
+    argv = [sys.executable, "-c", script, "eval", "--templates", "seed", *tiny_args, "--out", str(tmp_path / "r.json")]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False"
+
+
+def test_webdataset_on_a_two_node_cluster(two_nodes, clip, tmp_path):
+    import ray
+
+    samples = [(f"s{i:04d}", "png", encode(pixels(i)), i % 3) for i in range(20)]
+    samples[5] = ("s0005", "png", b"not an image", 2)
+    samples[11] = ("s0011", "png", None, 2)  # a sample without an image
+    source = open_source("wds", write_wds(tmp_path / "wds", samples, [7, 6, 7], ["a", "b", "c"]))
+    assert source.shard_of.tolist() == [0] * 7 + [1] * 6 + [2] * 7  # chunks [0, 8) and [8, 16) cross shards
+    expected = local(clip, source, tmp_path / "local")
+    cache = entry(tmp_path / "ray", source)
+    got = on_ray(clip, source, cache)
+    assert sum(1 for node in ray.nodes() if node["Alive"]) == 2
+    assert got.features.numpy().tobytes() == expected.features.numpy().tobytes()
+    assert unaddressed(got.skipped) == unaddressed(expected.skipped) and sorted(got.skipped) == [5, 11]
+    chunks = [{n for n in stored(c) if n.startswith("chunk-")} for c in (cache, entry(tmp_path / "local", source))]
+    assert chunks[0] == chunks[1]
+
+
+def unaddressed(skipped: dict[int, str]) -> dict[int, str]:
+    """Reasons without object addresses: Pillow names an in-memory file by its repr (`<_io.BytesIO object at 0x..>`)."""
+    return {i: re.sub(r" at 0x[0-9a-f]+", "", reason) for i, reason in skipped.items()}
