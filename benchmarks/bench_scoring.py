@@ -49,18 +49,7 @@ SEED_TEMPLATES = (
     "What is {}?",
     "How do you think about {}?",
 )
-SIXTH_TEMPLATES = (  # one new template per repetition, so each run encodes 100 prompts no run has cached
-    "a blurry photo of a {}.",
-    "a photo of the small {}.",
-    "a bright photo of a {}.",
-    "a close-up photo of a {}.",
-    "a low resolution photo of the {}.",
-    "a cropped photo of a {}.",
-    "a good photo of a {}.",
-    "a photo of the large {}.",
-    "a dark photo of the {}.",
-    "a jpeg corrupted photo of a {}.",
-)
+SIXTH_TEMPLATE = "a blurry photo of a {}."  # the new template; its 100 prompts are new to the cache in every run
 TINY_CLIP_512 = {
     "embed_dim": 512,
     "quick_gelu": True,
@@ -86,8 +75,11 @@ class Job:
     setup: bool = False  # fills caches or writes inputs: reported apart
     fresh: tuple[Path, ...] = ()  # removed before the first run
     before_each: list[Path] = field(default_factory=list)  # removed before every run
+    restore: tuple[tuple[Path, Path], ...] = ()  # (snapshot, folder): the folder reset to the snapshot before every run
+    snapshot_after: tuple[tuple[Path, Path], ...] = ()  # (folder, snapshot): kept once the (setup) job succeeded
     target_s: float | None = None
     target_mib: float | None = None
+    memory_limit_gb: float | None = None  # set for every job from --memory-limit-gb
 
 
 def job_argv(kind: str, spec: dict, jobs_dir: Path, name: str) -> tuple[list[str], Path]:
@@ -122,16 +114,41 @@ def ensure_old_source(workdir: Path) -> Path:
     return root / "src"
 
 
+def limit_memory(gb: float | None):
+    """A `preexec_fn` capping the child's address space, so a job that outgrows it fails with MemoryError instead
+    of pushing a shared machine into the OOM killer (address space, not RSS: torch maps more than it touches)."""
+    if not gb:
+        return None
+
+    def apply() -> None:
+        import resource
+
+        limit = int(gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
 def measure_once(job: Job, env: dict[str, str], log: Path) -> dict:
     """Run the job's process once: wall time, its own peak RSS and CPU times (`wait4`), exit status."""
     for path in job.before_each:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    for snapshot, folder in job.restore:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(snapshot, folder)
     load_before = os.getloadavg()[0]
     with open(log, "a") as out:
         out.write(f"$ {shlex.join(job.argv)}\n")
         out.flush()
         start = time.perf_counter()
-        proc = subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT, env={**env, **job.env}, cwd=REPO)
+        proc = subprocess.Popen(
+            job.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, **job.env},
+            cwd=REPO,
+            preexec_fn=limit_memory(job.memory_limit_gb),
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     run = {
@@ -147,6 +164,33 @@ def measure_once(job: Job, env: dict[str, str], log: Path) -> dict:
     return run
 
 
+def setup_identity(job: Job) -> str:
+    """What a setup job did: its command and the spec file it read (sizes, paths)."""
+    specs = [Path(a).read_text() for a in job.argv if a.endswith(".spec.json") and Path(a).is_file()]
+    return "\n".join([shlex.join(job.argv), *specs])
+
+
+def profile_job(job: Job, env: dict[str, str], logs: Path, top: int = 30) -> dict:
+    """The job once more under cProfile (not a measurement: profiling slows it): where its time goes, by
+    internal and by cumulative time, the top `top` functions each."""
+    import io
+    import pstats
+
+    prof = logs / f"{job.name}.prof"
+    script = job.argv[1:] if job.argv[0] == sys.executable else job.argv
+    profiled = Job(**{**job.__dict__, "argv": [sys.executable, "-m", "cProfile", "-o", str(prof), *script]})
+    print(f"profiling {job.name} ...", file=sys.stderr, flush=True)
+    run = measure_once(profiled, env, logs / f"{job.name}.profile.log")
+    listing = {}
+    if run["returncode"] == 0:
+        for order in ("tottime", "cumtime"):
+            text = io.StringIO()
+            pstats.Stats(str(prof), stream=text).sort_stats(order).print_stats(top)
+            listing[order] = text.getvalue()
+        (logs / f"{job.name}.profile.txt").write_text("\n".join(listing.values()))
+    return {"wall_s": run["wall_s"], "returncode": run["returncode"], "listing": str(logs / f"{job.name}.profile.txt")}
+
+
 def run_job(job: Job, env: dict[str, str], logs: Path) -> dict:
     """Every repetition of a job, with min / median wall time and the largest peak RSS."""
     for path in job.fresh:
@@ -155,12 +199,8 @@ def run_job(job: Job, env: dict[str, str], logs: Path) -> dict:
     log.unlink(missing_ok=True)
     print(f"running {job.name} ({job.repeats}x) ...", file=sys.stderr, flush=True)
     runs = []
-    for i in range(job.repeats):
-        if job.repeats > 1 and job.part == "loop" and "{k}" in " ".join(job.argv):
-            job_i = Job(**{**job.__dict__, "argv": [a.replace("{k}", str(i)) for a in job.argv]})
-        else:
-            job_i = job
-        runs.append(measure_once(job_i, env, log))
+    for _ in range(job.repeats):
+        runs.append(measure_once(job, env, log))
         if runs[-1]["returncode"] != 0:
             break
     ok = [r for r in runs if r["returncode"] == 0]
@@ -187,11 +227,17 @@ def run_job(job: Job, env: dict[str, str], logs: Path) -> dict:
 
 
 def plan_sweep(args, jobs_dir: Path, features: Path) -> list[Job]:
+    """The sweep as `evaluate` runs it (default block), and with each `--sweep-block` passed to `summarize`."""
     t, n = args.sweep_templates, args.sweep_images
-    spec = {"features": str(features), "templates": t, "images": n, "code": "new", "rows": None}
-    argv, result = job_argv("summarize", spec, jobs_dir, "sweep-new")
-    label = f"summarize, {t} templates, {n:,} images, {args.classes} classes (new)"
-    return [Job("sweep-new", "sweep", label, argv, result, target_s=60.0, target_mib=2 * GB)]
+    jobs = []
+    for block in [None, *args.sweep_block]:
+        name = "sweep-new" if block is None else f"sweep-new-block{block}"
+        spec = {"features": str(features), "templates": t, "images": n, "code": "new", "rows": None, "block": block}
+        argv, result = job_argv("summarize", spec, jobs_dir, name)
+        how = "default block" if block is None else f"block={block}"
+        label = f"summarize, {t} templates, {n:,} images, {args.classes} classes ({how})"
+        jobs.append(Job(name, "sweep", label, argv, result, target_s=60.0, target_mib=2 * GB))
+    return jobs
 
 
 def plan_compare(args, jobs_dir: Path, features: Path, old_src: Path) -> list[Job]:
@@ -208,9 +254,9 @@ def plan_compare(args, jobs_dir: Path, features: Path, old_src: Path) -> list[Jo
 
 
 def plan_imagenet(args, jobs_dir: Path, work: Path) -> list[Job]:
-    root, cache = work / "imagenet-data", work / "imagenet-features"
-    config, ckpt = work / "clip-tiny-512.json", work / "clip-tiny-512.pt"
     n = 1000 * args.imagenet_per_class
+    root, cache = work / f"imagenet-data-{n}", work / f"imagenet-features-{n}"
+    config, ckpt = work / "clip-tiny-512.json", work / "clip-tiny-512.pt"
     spec = {"root": str(root), "per_class": args.imagenet_per_class, "config": str(config), "checkpoint": str(ckpt)}
     argv, result = job_argv("imagenet-setup", spec, jobs_dir, "imagenet-setup")
     common = [
@@ -286,14 +332,15 @@ def plan_imagenet(args, jobs_dir: Path, work: Path) -> list[Job]:
 
 
 def plan_loop(args, jobs_dir: Path, work: Path, old_src: Path | None) -> list[Job]:
-    root, ckpt = work / "cifar-data", work / "ViT-B-32-random-fp16.pt"
-    new_cache, old_cache = work / "loop-features", work / "loop-features-old"
+    root, ckpt = work / f"cifar-data-{args.loop_images}", work / "ViT-B-32-random-fp16.pt"
+    new_cache, old_cache = work / f"loop-features-{args.loop_images}", work / f"loop-features-old-{args.loop_images}"
     spec = {"root": str(root), "images": args.loop_images, "checkpoint": str(ckpt)}
     argv, result = job_argv("loop-setup", spec, jobs_dir, "loop-setup")
-    for k, template in enumerate(SIXTH_TEMPLATES[: args.repeats]):
-        (work / f"six-templates-{k}.txt").write_text("\n".join([*SEED_TEMPLATES, template]) + "\n")
+    six_file = work / "six-templates.txt"
+    six_file.write_text("\n".join([*SEED_TEMPLATES, SIXTH_TEMPLATE]) + "\n")
+    snapshot, old_snapshot = work / f"loop-text-{args.loop_images}", work / f"loop-text-old-{args.loop_images}"
     seed = ["--preset", "seed", "--pretrained", str(ckpt), "--data-root", str(root), "--quiet"]
-    six = ["--templates", str(work / "six-templates-{k}.txt"), "--precision", "bf16"]
+    six = ["--templates", str(six_file), "--precision", "bf16"]
     jobs = [
         Job(
             "loop-setup",
@@ -338,6 +385,7 @@ def plan_loop(args, jobs_dir: Path, work: Path, old_src: Path | None) -> list[Jo
                 "--quiet",
             ),
             setup=True,
+            snapshot_after=((new_cache / "text", snapshot),),
         ),
         Job(
             "loop-warm",
@@ -358,6 +406,7 @@ def plan_loop(args, jobs_dir: Path, work: Path, old_src: Path | None) -> list[Jo
             work / "sixth.json",
             repeats=args.repeats,
             target_s=5.0,
+            restore=((snapshot, new_cache / "text"),),
         ),
         Job(
             "loop-version",
@@ -390,6 +439,7 @@ def plan_loop(args, jobs_dir: Path, work: Path, old_src: Path | None) -> list[Jo
             env,
             setup=True,
             fresh=(old_cache,),
+            snapshot_after=((old_cache / "text", old_snapshot),),
         ),
         Job(
             "loop-old-warm",
@@ -412,6 +462,7 @@ def plan_loop(args, jobs_dir: Path, work: Path, old_src: Path | None) -> list[Jo
             work / "old-sixth.json",
             env,
             repeats=args.repeats,
+            restore=((old_snapshot, old_cache / "text"),),
         ),
         Job(
             "loop-old-version",
@@ -508,8 +559,8 @@ def compare_tables(rows: list[dict], comparisons: list[dict]) -> str:
                 fmt(cmp and cmp["identical"], ",d"),
                 ", ".join(f"{k} {v}" for k, v in cmp["differing_by_field"].items() if v) if cmp else "–",
                 "yes" if cmp and all(cmp["best"]["same"].values()) and not cmp["best"]["pred_differs"] else "no",
-                fmt(res[0].get("summarize_s")),
-                fmt(res[1].get("summarize_s")),
+                f"{fmt(res[0].get('summarize_s'))} ({fmt(res[0].get('summarize_cpu_s'))})",
+                f"{fmt(res[1].get('summarize_s'))} ({fmt(res[1].get('summarize_cpu_s'))})",
                 fmt(old and old["peak_rss_mib"], ".0f"),
                 fmt(new and new["peak_rss_mib"], ".0f"),
             ]
@@ -531,14 +582,14 @@ def compare_tables(rows: list[dict], comparisons: list[dict]) -> str:
         "identical",
         "differing (by metric)",
         "same best (+ preds)",
-        "old s",
-        "new s",
+        "old s (CPU s)",
+        "new s (CPU s)",
         "old peak RSS MiB",
         "new peak RSS MiB",
     ]
     out = md_table(headers, body)
     if details:
-        out += "\n\n" + md_table(["sweep", "row", "old → new", "top-1 flips", "top-5 flips", "why"], details, "llllrl")
+        out += "\n\n" + md_table(["sweep", "row", "old → new", "top-1 flips", "top-5 flips", "why"], details, "lllrrl")
     return out
 
 
@@ -604,6 +655,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="runs of each warm loop job (5)")
     p.add_argument("--repeats-heavy", type=int, default=1, help="runs of each ImageNet job (1)")
     p.add_argument("--no-old", action="store_true", help="leave out the old code's loop jobs")
+    p.add_argument(
+        "--reuse-setup",
+        action="store_true",
+        help="skip setup jobs (inputs, cache fills) that finished in an earlier run with the same work dir and sizes",
+    )
+    p.add_argument("--profile", nargs="*", default=[], metavar="JOB", help="rerun these jobs under cProfile after")
+    p.add_argument("--sweep-block", nargs="*", type=int, default=[], help="also the sweep with summarize(block=B)")
+    p.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=16.0,
+        help="address-space cap of every job, GiB (16; 0: none): a job past it fails instead of swamping the machine",
+    )
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every job (default: unset, torch's choice)")
     p.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "scoring", help="inputs, caches, logs")
     p.add_argument("--out", type=Path, help="results JSON (default WORKDIR/bench-scoring.json)")
@@ -616,8 +680,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.imagenet_per_class = args.imagenet_per_class or (2 if small else 50)
     args.loop_images = args.loop_images or (64 if small else 10_000)
     args.repeats = args.repeats or (2 if small else 5)
-    if args.repeats > len(SIXTH_TEMPLATES):
-        p.error(f"--repeats at most {len(SIXTH_TEMPLATES)} (one new sixth template per run)")
     return args
 
 
@@ -653,11 +715,29 @@ def benchmark(args: argparse.Namespace) -> int:
 
     rows = []
     for job in jobs:
+        job.memory_limit_gb = args.memory_limit_gb or None
+        done = jobs_dir / f"{job.name}.done.json"
+        identity = setup_identity(job)
+        if job.setup and args.reuse_setup and done.is_file():
+            row = json.loads(done.read_text())
+            if row.get("identity") == identity:
+                print(f"reusing {job.name} (a finished setup job: {done})", file=sys.stderr, flush=True)
+                rows.append({**row, "reused": True})
+                continue
+        done.unlink(missing_ok=True)
         row = run_job(job, env, logs)
+        for folder, snapshot in job.snapshot_after if row["ok"] else ():
+            shutil.rmtree(snapshot, ignore_errors=True)
+            shutil.copytree(folder, snapshot)
+        if job.setup and row["ok"]:
+            done.write_text(json.dumps({**row, "identity": identity}, indent=2) + "\n")
         rows.append(row)
         if job.setup and not row["ok"]:
             print(f"setup job {job.name} failed, see {row['log']}; stopping", file=sys.stderr)
             break
+
+    by_name = {j.name: j for j in jobs}
+    profiles = {name: profile_job(by_name[name], env, logs) for name in args.profile if name in by_name}
 
     comparisons = []
     if "compare" in args.parts:
@@ -670,6 +750,7 @@ def benchmark(args: argparse.Namespace) -> int:
         "machine": facts,
         "jobs": rows,
         "comparisons": comparisons,
+        "profiles": profiles,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     out = args.out or work / "bench-scoring.json"
@@ -796,7 +877,7 @@ def job_summarize(spec: dict) -> dict:
     features = Features(image=image, text=text, labels=labels, logit_scale=scale)
     rss_before = _vm("VmRSS")
     start, cpu = time.perf_counter(), time.process_time()
-    out = summarize(features, METHODS, subsets, names)
+    out = summarize(features, METHODS, subsets, names, **({"block": spec["block"]} if spec.get("block") else {}))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if spec["code"] == "old":
         rows = [_row(None, [i], r) for i, r in enumerate(out["single"])]
@@ -823,6 +904,7 @@ def job_summarize(spec: dict) -> dict:
         "rss_after_mib": round(_vm("VmRSS"), 1),
         "hwm_mib": round(_vm("VmHWM"), 1),
         "threads": torch.get_num_threads(),
+        "block": spec.get("block"),
         "best": best,
     }
     if spec.get("rows"):

@@ -9,7 +9,7 @@ import sys
 import helpers
 import pytest
 
-from clipzs import cli, models, pipeline
+from clipzs import cli, encoding, models, pipeline
 from clipzs import results as results_module
 from clipzs.cli import PRESETS, build_parser, library_options, main
 from clipzs.ensemble import METHODS, all_subsets
@@ -394,8 +394,10 @@ def _no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for name in ("encode", "prepare", "open_images", "load_model", "describe_model", "open_source"):
-        monkeypatch.setattr(pipeline, name, refuse)
+    for module in (pipeline, encoding):
+        for name in ("encode", "prepare", "open_images", "load_model", "describe_model", "open_source"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
 
 
 def test_compare_with_a_bogus_method_fails_before_any_work(eval_args, capsys, monkeypatch):

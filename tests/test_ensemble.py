@@ -82,7 +82,7 @@ def test_embedding_mean_by_hand():
     scores = compute_scores(image, text, 100.0)
     rows = plan([("embedding", (0, 1))], text)
     torch.testing.assert_close(rows.norms, torch.tensor([[math.sqrt(2), 2.0]]))
-    _, class_scores = combine_sums("embedding", {"logit": (scores[:, 0] + scores[:, 1])[None]}, {}, 2, rows.norms)
+    _, class_scores, _ = combine_sums("embedding", {"logit": (scores[:, 0] + scores[:, 1])[None]}, {}, 2, rows.norms)
     assert class_scores[0, 0].tolist() == pytest.approx([100 * 1.4 / math.sqrt(2), 60.0], rel=1e-6)
     assert run("embedding", scores, text, (0, 1))[0].tolist() == [0]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipzs import encode, pipeline
+from clipzs import encode, encoding
 from clipzs.cache import CorruptCacheWarning
 from clipzs.cli import main
 from clipzs.ensemble import METHODS
@@ -73,7 +73,7 @@ def test_no_cache_writes_nothing(run):
 
 
 def _small_chunks(monkeypatch, size: int) -> None:
-    monkeypatch.setattr(pipeline, "CHUNK_IMAGES", size)
+    monkeypatch.setattr(encoding, "CHUNK_IMAGES", size)
     monkeypatch.setattr(encode, "CHUNK_IMAGES", size)
 
 
@@ -94,8 +94,8 @@ def test_a_corrupted_chunk_is_detected_and_recomputed(run, monkeypatch):
 # The child stops after its second chunk and waits to be killed: no timing, no race.
 KILLED_RUN = """
     import sys
-    import clipzs.cache, clipzs.encode, clipzs.pipeline
-    clipzs.encode.CHUNK_IMAGES = clipzs.pipeline.CHUNK_IMAGES = 8
+    import clipzs.cache, clipzs.encode, clipzs.encoding, clipzs.pipeline
+    clipzs.encode.CHUNK_IMAGES = clipzs.encoding.CHUNK_IMAGES = 8
     write = clipzs.cache.ImageEntry.write
     def paced_write(self, start, *args, **kwargs):
         write(self, start, *args, **kwargs)

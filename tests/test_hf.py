@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 import clipzs
-from clipzs import hf, models
+from clipzs import checkpoints, hf, models
 from clipzs.download import file_digest
 from clipzs.errors import ClipzsError
 from clipzs.models import load_model
@@ -153,7 +153,7 @@ def test_openai_configs_map_onto_their_open_clip_configs(tmp_path, kwargs, name,
             state = CLIPModel(config).state_dict()
             model = open_clip.CLIP(**cfg)
         converted = hf.to_open_clip(state, cfg, "meta")
-        assert models.checked_weights(model, converted, "meta").keys() == model.state_dict().keys()
+        assert checkpoints.checked_weights(model, converted, "meta").keys() == model.state_dict().keys()
 
 
 def test_config_fields_are_read_as_transformers_reads_them(tmp_path):

@@ -12,9 +12,10 @@ import torch
 from huggingface_hub import constants
 
 from clipzs import download, models
+from clipzs.checkpoints import read_state_dict
 from clipzs.download import file_digest
 from clipzs.errors import ClipzsError, ClipzsWarning
-from clipzs.models import OPENAI_MODELS, describe_model, load_model, read_state_dict, resolve
+from clipzs.models import OPENAI_MODELS, describe_model, load_model, resolve
 from clipzs.preprocess import split_preprocess
 
 OPENAI_IMAGE_SIZES = {

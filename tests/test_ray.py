@@ -189,16 +189,18 @@ def test_features_equal_the_local_engines_bit_for_bit_on_arrays(local_ray, clip,
     assert "gathered to the driver (no feature cache)" in uncached.note
 
 
-def test_image_folder_with_an_unreadable_file_gathered_to_the_driver(local_ray, clip, tmp_path):
+def test_image_folder_with_unreadable_files_gathered_to_the_driver(local_ray, clip, tmp_path):
     root = write_class_folders(tmp_path / "images", {"cat": 7, "dog": 6}, suffix=".png")
-    (root / "dog" / "3.png").write_bytes(b"not an image")
+    broken = [root / "cat" / "3.png", *(root / "dog" / f"{k}.png" for k in range(1, 6))]  # all of chunk [8, 13)
+    for path in broken:
+        path.write_bytes(b"not an image")
     source = load_folder(root)
     expected = local(clip, source, tmp_path / "local")
     cache = entry(tmp_path / "ray", source)
     got = on_ray(clip, source, cache, collect=True)
     assert_same(got, expected)
     assert stored(cache) == stored(entry(tmp_path / "local", source))
-    assert list(got.skipped) == [source.paths.index(str(root / "dog" / "3.png"))]
+    assert sorted(got.skipped) == sorted(source.paths.index(str(path)) for path in broken) == [3, 8, 9, 10, 11, 12]
     assert "gathered to the driver, which wrote the feature cache" in got.note
 
 

@@ -20,9 +20,10 @@ Methods:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations, groupby
+from itertools import combinations
 
 import torch
 
@@ -33,6 +34,7 @@ VOTE_METHODS = frozenset({"vote-seed", "vote"})
 WEIGHTED_METHODS = frozenset({"zpe", "carprt"})  # weights need a pass over every image first
 BALANCED = "+balanced"  # suffix: a score method's probabilities rebalanced to a uniform class marginal
 MAX_SWEEP_TEMPLATES = 12
+CHUNK_BYTES = 4 << 20  # subsets are summed and scored a few at a time, so their [M, B, C] stays in the CPU's cache
 SINGLE = None  # the method of a single-template row
 
 Spec = tuple[str | None, tuple[int, ...]]  # (method or SINGLE, 0-based template subset)
@@ -101,18 +103,15 @@ class Weights:
 
 @dataclass(frozen=True)
 class Level:
-    """The subsets of one size that a plan needs: each its parent (index in the previous level) plus a template."""
+    """The requested subsets of one size."""
 
-    parent: torch.Tensor  # [M] int64 (unused for size 1)
-    added: torch.Tensor  # [M] int64
-    members: torch.Tensor  # [M, size] int64: the subsets themselves
-    groups: tuple[tuple[int, int, int], ...]  # (template, start, stop): the subsets are ordered by the template added
-    requests: dict[str | None, tuple[list[int], torch.Tensor]]  # method -> (row ids, [R] index into this level)
+    members: torch.Tensor  # [M, size] int64: the subsets, templates ascending
+    requests: dict[str | None, tuple[torch.Tensor, torch.Tensor]]  # method -> (row ids [R], subsets' index [R], sorted)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How to compute a list of rows block by block: the prefix closure of their subsets, level by level."""
+    """How to compute a list of rows block by block: their subsets, grouped by size."""
 
     rows: tuple[Spec, ...]
     levels: tuple[Level, ...]
@@ -121,7 +120,7 @@ class Plan:
 
 
 def accumulators(methods: set[str | None]) -> frozenset[str]:
-    """The running sums that rows of these methods are computed from."""
+    """The sums over a subset's templates that rows of these methods are computed from."""
     return frozenset(name for method in methods for name in NEEDS[base_method(method)])
 
 
@@ -144,33 +143,22 @@ def text_norms(text: torch.Tensor, subsets: Sequence[tuple[int, ...]]) -> torch.
     return out
 
 
-def _runs(values) -> list[tuple[int, tuple[int, list]]]:
-    """(first position, (value, items)) of each run of equal consecutive values."""
-    out, position = [], 0
-    for value, group in groupby(values):
-        items = list(group)
-        out.append((position, (value, items)))
-        position += len(items)
-    return out
-
-
-def _in_level_order(ids: list[int], positions: list[int]) -> tuple[list[int], torch.Tensor]:
-    """Row ids and their positions in the level, sorted by position (so a request for a whole level is an
-    identity and needs no copy)."""
+def _by_position(ids: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ids and their subsets' positions in the level, sorted by position (so a chunk of the level is a slice)."""
     order = sorted(range(len(ids)), key=positions.__getitem__)
-    return [ids[i] for i in order], torch.tensor([positions[i] for i in order], dtype=torch.int64)
+    return torch.tensor([ids[i] for i in order]), torch.tensor([positions[i] for i in order])
 
 
 def plan(rows: Sequence[Spec], text: torch.Tensor) -> Plan:
-    """The levels of prefixes needed to evaluate `rows` (templates sorted within each subset)."""
+    """The rows' subsets (templates sorted), grouped by size, with what each row's method needs."""
     rows = tuple((m, tuple(sorted(s))) for m, s in rows)
     if any(not s for _, s in rows):
         raise ValueError("every row needs at least one template")
-    needed = {s[:k] for _, s in rows for k in range(1, len(s) + 1)}
-    levels, index = [], {}
-    for size in range(1, max(len(s) for _, s in rows) + 1):
-        subsets = tuple(sorted((s for s in needed if len(s) == size), key=lambda s: (s[-1], s)))
-        index.update({s: i for i, s in enumerate(subsets)})
+    levels = []
+    for size in sorted({len(s) for _, s in rows}):
+        subsets = sorted({s for _, s in rows if len(s) == size})
+        index = {s: i for i, s in enumerate(subsets)}
+        members = torch.tensor(subsets, dtype=torch.int64).reshape(len(subsets), size)
         requests: dict[str | None, tuple[list[int], list[int]]] = {}
         for row, (method, subset) in enumerate(rows):
             if len(subset) == size:
@@ -179,24 +167,57 @@ def plan(rows: Sequence[Spec], text: torch.Tensor) -> Plan:
                 positions.append(index[subset])
         levels.append(
             Level(
-                parent=torch.tensor([index[s[:-1]] if size > 1 else 0 for s in subsets], dtype=torch.int64),
-                added=torch.tensor([s[-1] for s in subsets], dtype=torch.int64),
-                members=torch.tensor(subsets, dtype=torch.int64).reshape(len(subsets), size),
-                groups=tuple(
-                    (t, first, first + len(list(group)))
-                    for first, (t, group) in _runs(subset[-1] for subset in subsets)
-                ),
-                requests={m: _in_level_order(ids, pos) for m, (ids, pos) in requests.items()},
+                members=members,
+                requests={m: _by_position(ids, pos) for m, (ids, pos) in requests.items()},
             )
         )
-    embedding = [s for m, s in rows if base_method(m) == "embedding"]
+    embedding = [i for i, (m, _) in enumerate(rows) if base_method(m) == "embedding"]
     norms = None
     if embedding:
         norms = torch.zeros(len(rows), text.shape[1])
-        ids = [i for i, (m, _) in enumerate(rows) if base_method(m) == "embedding"]
-        order = sorted(range(len(ids)), key=lambda j: embedding[j])
-        norms[[ids[j] for j in order]] = text_norms(text, [embedding[j] for j in order])
+        order = sorted(embedding, key=lambda i: rows[i][1])
+        norms[order] = text_norms(text, [rows[i][1] for i in order])
     return Plan(rows, tuple(levels), accumulators({m for m, _ in rows}), norms)
+
+
+@functools.cache
+def products_add_in_order(templates: int) -> bool:
+    """Whether a float32 matrix product with a 0/1 left factor gives, bit for bit, the sum of the selected rows
+    added one by one in order (x1 + x2, then + x3, ...): true of BLAS kernels that accumulate the inner
+    dimension in order with fused multiply-adds, checked here on random data for this inner size before use."""
+    generator = torch.Generator().manual_seed(templates)
+    x = torch.randn(templates, 4099, generator=generator) * 40
+    members = [sorted(torch.randperm(templates, generator=generator)[: 1 + k % templates].tolist()) for k in range(64)]
+    indicator = torch.zeros(len(members), templates)
+    for i, subset in enumerate(members):
+        indicator[i, subset] = 1.0
+    product = indicator @ x
+    return all(torch.equal(product[i], _sequential(x, subset)) for i, subset in enumerate(members))
+
+
+def _sequential(x: torch.Tensor, subset: Sequence[int]) -> torch.Tensor:
+    total = x[subset[0]].clone()
+    for t in subset[1:]:
+        total += x[t]
+    return total
+
+
+def indicator(members: torch.Tensor, templates: int) -> torch.Tensor:
+    """[M, T] float32 of subsets [M, size]: 1 where a template is in the subset."""
+    return torch.zeros(len(members), templates).scatter_(1, members, 1.0)
+
+
+def subset_sums(addends: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Sums [M, B, C] over each of the subsets [M, size] of per-template addends [T, B, C], added in template order:
+    one matrix product (the indicator times the addends) where it adds in order (`products_add_in_order`), else
+    one gather and addition per position in the subsets."""
+    t, b, c = addends.shape
+    if addends.dtype == torch.float32 and products_add_in_order(t):
+        return (indicator(members, t) @ addends.reshape(t, b * c)).view(len(members), b, c)
+    sums = addends.index_select(0, members[:, 0])
+    for position in range(1, members.shape[1]):
+        sums += addends.index_select(0, members[:, position])
+    return sums
 
 
 @dataclass(frozen=True)
@@ -216,25 +237,52 @@ def _count(compare, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return compare(a, b, out=torch.empty(a.shape)) @ torch.ones(a.shape[-1])  # `b` broadcasts to `a`
 
 
-def label_ranks(class_scores: torch.Tensor, labels: torch.Tensor, ranked: bool = True) -> tuple[torch.Tensor, ...]:
-    """(hit1 [M, B] bool, above [M, B] int64 or None) of class scores [M, B, C] against labels [B]: whether the
-    argmax (the first maximum, as `torch.argmax` picks) is the label, and how many classes score strictly above
-    the label (the label is in the top k when above < k), without an argmax over every row.
+def _largest_below(q: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    """The largest float32 v with fl(v / divisor) <= q, elementwise (divisor > 0): since rounded division is
+    monotone, fl(s / divisor) > q exactly when s > v, so a comparison with v replaces dividing every score."""
+    v = q * divisor
+    for direction in (torch.inf, -torch.inf):
+        for _ in range(64):
+            step = torch.nextafter(v, torch.full_like(v, direction))
+            move = (step / divisor <= q) if direction > 0 else (v / divisor > q)
+            if not bool(move.any()):
+                break
+            v = torch.where(move, step, v)
+        else:  # pragma: no cover - rounding moves a quotient by an ulp or two, never 64
+            raise AssertionError("no threshold found")
+    return v
 
-    The label's entries are set to -inf for a moment (and restored, bit for bit) to find the best other score."""
-    m, b, _ = class_scores.shape
+
+def label_ranks(
+    sums: torch.Tensor, labels: torch.Tensor, divisor: torch.Tensor | None = None, ranked: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hit1 [M, B] bool, above [M, B] int64 or None) of class scores sums / divisor [M, B, C] (divisor [M, 1, 1]
+    or None for 1) against labels [B]: whether their argmax (the first maximum, as `torch.argmax` picks) is the
+    label, and how many classes score strictly above the label (the label is in the top k when above < k). The
+    quotients are never formed: the sums are compared with the largest sum whose quotient does not exceed the
+    label's."""
+    m, b, c = sums.shape
     index = labels[None, :, None].expand(m, b, 1)
-    label_scores = class_scores.gather(2, index)
-    above = _count(torch.gt, class_scores, label_scores).long() if ranked else None
-    class_scores.scatter_(2, index, -torch.inf)
-    others = class_scores.amax(dim=2, keepdim=True)
-    class_scores.scatter_(2, index, label_scores)
-    hit1 = (others < label_scores)[..., 0]
-    ties = ((others == label_scores)[..., 0]).nonzero()  # rare (e.g. two classes of the same name): first one wins
-    if len(ties):
-        rows = class_scores[ties[:, 0], ties[:, 1]]
-        hit1[ties[:, 0], ties[:, 1]] = rows.argmax(dim=1) == labels[ties[:, 1]]
-    return hit1, above
+    label_sums = sums.gather(2, index)
+    label_scores = label_sums if divisor is None else label_sums / divisor
+    bound = label_sums if divisor is None else _largest_below(label_scores, divisor.expand_as(label_sums))
+    if ranked:
+        above = _count(torch.gt, sums, bound)
+        hit1 = above == 0
+    else:
+        sums.scatter_(2, index, -torch.inf)  # the best other class (the label's entries restored, bit for bit)
+        hit1 = (sums.amax(dim=2, keepdim=True) <= bound)[..., 0]
+        sums.scatter_(2, index, label_sums)
+        above = None
+    top = hit1.nonzero()  # where no class scores above the label: another may score the same, and come first
+    if len(top):
+        rows = sums[top[:, 0], top[:, 1]]
+        scores = rows if divisor is None else rows / divisor[top[:, 0], 0]
+        tied = _count(torch.eq, scores, label_scores[top[:, 0], top[:, 1]]) > 1
+        if bool(tied.any()):
+            first = scores[tied].argmax(dim=1) == labels[top[tied, 1]]
+            hit1[top[tied, 0], top[tied, 1]] = first
+    return hit1, None if above is None else above.long()
 
 
 def _vote_seed(counts: torch.Tensor, preds: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
@@ -258,7 +306,7 @@ def addends(per_template: torch.Tensor, accumulators: frozenset[str], weights: W
         inputs["prob"] = per_template.softmax(dim=2)
     if "count" in accumulators:
         preds = per_template.argmax(dim=2, keepdim=True)
-        inputs["count"] = torch.zeros(per_template.shape, dtype=torch.int16).scatter_(2, preds, 1)
+        inputs["count"] = torch.zeros(per_template.shape).scatter_(2, preds, 1.0)
     if "zpe" in accumulators:
         inputs["zpe"] = per_template * weights.zpe[:, None, None]
     if "carprt" in accumulators:
@@ -274,26 +322,31 @@ def combine_sums(
     norms: torch.Tensor | None = None,
     preds: torch.Tensor | None = None,
     members: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(predictions [M, B] or None, class scores [M, B, C] or None) of M subsets of `size` templates from their
-    accumulated sums (`sums[name]` [M, B, C]; `totals` their summed multipliers, zpe [M, 1], carprt [M, C];
-    `norms` [M, C] their text-sum norms for `embedding`; per-template `preds` [T, B] and the subsets' `members`
-    [M, size] in template order for `vote-seed`). `vote-seed` gives predictions; `vote` gives its summed
-    probabilities with every class but the most voted at -inf, whose argmax is the vote; the others give scores."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(predictions [M, B] or None, numerators [M, B, C] or None, divisor [M, 1, 1] or None) of M subsets of
+    `size` templates from their sums (`sums[name]` [M, B, C]; `totals` their summed multipliers, zpe [M, 1],
+    carprt [M, C]; `norms` [M, C] their text-sum norms for `embedding`; per-template `preds` [T, B] and the
+    subsets' `members` [M, size] in template order for `vote-seed`). A method's class scores are
+    numerators / divisor: `vote-seed` gives predictions; `vote` its summed probabilities with every class but
+    the most voted at -inf, whose argmax is the vote; the score methods their scores, with a per-subset divisor
+    left undone where there is one (it cannot change which class wins, only be rounded in; see `label_ranks`)."""
     if method == "vote-seed":
-        return _vote_seed(sums["count"], preds, members), None
+        return _vote_seed(sums["count"], preds, members), None, None
     if method == "vote":
         counts = sums["count"]
-        return None, sums["prob"].masked_fill(counts != counts.amax(dim=2, keepdim=True), -torch.inf)
-    if method in (SINGLE, "logit"):
-        class_scores = sums["logit"] if size == 1 else sums["logit"] / size
-    elif method == "prob":
-        class_scores = sums["prob"] / size
-    elif method == "embedding":
-        class_scores = sums["logit"] / norms[:, None, :]
-    else:
-        class_scores = sums[method] / totals[method][:, None, :]
-    return None, class_scores
+        return None, sums["prob"].masked_fill(counts != counts.amax(dim=2, keepdim=True), -torch.inf), None
+    if method in (SINGLE, "logit", "prob"):
+        divisor = (
+            None
+            if size == 1
+            else torch.full((sums["logit" if method != "prob" else "prob"].shape[0], 1, 1), float(size))
+        )
+        return None, sums["prob" if method == "prob" else "logit"], divisor
+    if method == "embedding":
+        return None, sums["logit"] / norms[:, None, :], None
+    if method == "zpe":
+        return None, sums["zpe"], totals["zpe"][:, :, None]
+    return None, sums["carprt"] / totals["carprt"][:, None, :], None
 
 
 def multipliers_of(weights: Weights) -> dict[str, torch.Tensor]:
@@ -322,38 +375,37 @@ def evaluate_block(
     above = torch.full((len(plan.rows), b), -1, dtype=torch.int64)
     pred = torch.empty(len(plan.rows), b, dtype=torch.int64) if want_pred else None
     probs: dict[int, torch.Tensor] = {}
-    sums: dict[str, torch.Tensor] = {}
-    totals: dict[str, torch.Tensor] = {}
-    for size, level in enumerate(plan.levels, 1):
-        for name in plan.accumulators:
-            if size == 1:
-                sums[name] = inputs[name].index_select(0, level.added)
-            else:
-                sums[name] = sums[name].index_select(0, level.parent)
-                for t, first, stop in level.groups:
-                    sums[name][first:stop] += inputs[name][t]
-            if name in multipliers:
-                w = multipliers[name][level.added]
-                totals[name] = w if size == 1 else totals[name][level.parent] + w
-        for method, (ids, at) in level.requests.items():
-            base = base_method(method)
-            whole = len(at) == len(level.added)  # every subset of the level, in order: no copies
-            needed = {k: sums[k] if whole else sums[k][at] for k in NEEDS[base]}
-            row_totals = {k: v if whole else v[at] for k, v in totals.items() if k in needed}
-            norms = plan.norms[ids] if base == "embedding" else None
-            members = level.members[at] if base == "vote-seed" else None
-            row_pred, class_scores = combine_sums(base, needed, row_totals, size, norms, preds, members)
-            if class_scores is None:
-                hit1[ids] = row_pred == labels
-            else:
-                hit1[ids], ranks = label_ranks(class_scores, labels, ranked=ranks_method(base))
-                if ranks is not None:
-                    above[ids] = ranks
+    chunk = max(1, CHUNK_BYTES // max(1, 4 * b * per_template.shape[2]))
+    for level in plan.levels:
+        size = level.members.shape[1]
+        for first in range(0, len(level.members), chunk):  # a chunk of subsets whose sums stay in the CPU's cache
+            members = level.members[first : first + chunk]
+            sums = {name: subset_sums(inputs[name], members) for name in plan.accumulators}
+            totals = {k: indicator(members, len(per_template)) @ v for k, v in multipliers.items()}
+            for method, (ids, at) in level.requests.items():
+                lo, hi = torch.searchsorted(at, torch.tensor([first, first + len(members)])).tolist()
+                if lo == hi:
+                    continue
+                ids, at = ids[lo:hi], at[lo:hi] - first
+                whole = len(at) == len(members)  # every subset of the chunk, in order: no copies
+                base = base_method(method)
+                needed = {k: sums[k] if whole else sums[k][at] for k in NEEDS[base]}
+                row_totals = {k: v if whole else v[at] for k, v in totals.items() if k in needed}
+                norms = plan.norms[ids] if base == "embedding" else None
+                row_pred, numerators, divisor = combine_sums(
+                    base, needed, row_totals, size, norms, preds, members[at] if base == "vote-seed" else None
+                )
+                if numerators is None:
+                    hit1[ids] = row_pred == labels
+                else:
+                    hit1[ids], ranks = label_ranks(numerators, labels, divisor, ranked=ranks_method(base))
+                    if ranks is not None:
+                        above[ids] = ranks
+                    if want_pred or want_probs.intersection(ids.tolist()):
+                        class_scores = numerators if divisor is None else numerators / divisor
+                        row_pred = class_scores.argmax(dim=2)
+                        p = class_scores if base == "prob" else class_scores.softmax(dim=2)
+                        probs.update((i, p[j]) for j, i in enumerate(ids.tolist()) if i in want_probs)
                 if want_pred:
-                    row_pred = class_scores.argmax(dim=2)
-                if want_probs.intersection(ids):
-                    p = class_scores if base == "prob" else class_scores.softmax(dim=2)
-                    probs.update((i, p[j]) for j, i in enumerate(ids) if i in want_probs)
-            if want_pred:
-                pred[ids] = row_pred
+                    pred[ids] = row_pred
     return BlockOutput(hit1, above, pred, probs)

@@ -33,7 +33,9 @@ from .weighting import apply_dual, sinkhorn_dual, softmax_multipliers
 
 TILE = 64  # rows per matrix product: every image's scores come from a product of this shape
 HELD_BYTES = 2 << 30  # scores up to this size are computed once and held
-BLOCK_BYTES = 256 << 20  # otherwise, blocks of images whose working set stays about this size
+BLOCK_BYTES = 512 << 20  # a pass works on blocks of images whose working set stays about this size
+MAX_BLOCK = 8192
+CACHE_BYTES = 8 << 20  # what a sweep's block of per-template addends may take, to stay in the CPU's cache
 
 
 @dataclass(frozen=True)
@@ -69,33 +71,50 @@ def compute_scores(image: torch.Tensor, text: torch.Tensor, logit_scale: float) 
     return (logit_scale * out).view(len(image), t, c)
 
 
+def block_size(bytes_per_image: int) -> int:
+    """Images per block so that a block's working set is about BLOCK_BYTES: a multiple of TILE, at least one
+    tile and at most MAX_BLOCK images."""
+    return min(MAX_BLOCK, max(TILE, BLOCK_BYTES // max(1, bytes_per_image) // TILE * TILE))
+
+
 class Scores:
-    """The scores [N, T, C] of `features`, by blocks of images: held whole when they fit `held_bytes`."""
+    """The scores [N, T, C] of `features`, by blocks of images: held whole when they fit `held_bytes`.
+
+    Each pass asks for the block size its working set allows (`block_size`); `block` forces one size for every
+    pass (the tests force tiny blocks to check that results do not depend on them)."""
 
     def __init__(self, features: Features, block: int | None = None, held_bytes: int = HELD_BYTES):
         self.features = features
-        n = len(features.labels)
         t, c, _ = features.text.shape
-        per_image = 4 * t * c
-        if block is None:
-            block = max(TILE, BLOCK_BYTES // (8 * per_image) // TILE * TILE)
-        self.block = block
-        self.held = (
-            compute_scores(features.image, features.text, features.logit_scale) if n * per_image <= held_bytes else None
-        )
+        self.per_image = 4 * t * c  # bytes of one image's scores
+        self.forced = block
+        held = len(features.labels) * self.per_image <= held_bytes
+        self.held = compute_scores(features.image, features.text, features.logit_scale) if held else None
 
     def __len__(self) -> int:
         return len(self.features.labels)
 
-    def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(start, stop, scores [stop - start, T, C]) for consecutive blocks of images."""
+    def blocks(self, size: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(start, stop, scores [stop - start, T, C]) for consecutive blocks of `size` images (default: a block
+        holding a few copies of its scores in BLOCK_BYTES)."""
         f = self.features
-        for start in range(0, len(self), self.block):
-            stop = min(start + self.block, len(self))
+        size = self.forced or size or block_size(4 * self.per_image)
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
             if self.held is not None:
                 yield start, stop, self.held[start:stop]
             else:
                 yield start, stop, compute_scores(f.image[start:stop], f.text, f.logit_scale)
+
+
+def pass_block(scores: Scores, group_plan: Plan) -> int:
+    """Images per block for a pass of `evaluate_block` over a plan. With one subset per size (all templates, say)
+    the block's scores and their per-template addends fill BLOCK_BYTES; with many (a sweep) the addends are kept
+    to CACHE_BYTES, so that they and each chunk of subset sums stay in the CPU's cache (several times faster)."""
+    addends = scores.per_image * (1 + len(group_plan.accumulators))
+    if max(len(level.members) for level in group_plan.levels) == 1:
+        return block_size(addends + scores.per_image)
+    return min(block_size(addends), max(TILE, CACHE_BYTES // addends // TILE * TILE))
 
 
 class WeightFit:
@@ -186,7 +205,7 @@ def _balance_rows(scores: Scores, rows: Sequence[Spec], ids: list[int], weights:
         group = ids[first : first + per_group]
         bases = plan([(base_method(rows[i][0]), rows[i][1]) for i in group], scores.features.text)
         probs = {j: torch.empty(n, c) for j in range(len(group))}
-        for start, stop, block in scores.blocks():
+        for start, stop, block in scores.blocks(pass_block(scores, bases)):
             out = evaluate_block(block, labels[start:stop], bases, weights, frozenset(probs))
             for j in probs:
                 probs[j][start:stop] = out.probs[j]
@@ -207,14 +226,14 @@ def score_rows(scores: Scores, rows: Sequence[Spec], resamples: Resamples | None
     keep_malloc_arenas()
     tallies = Tallies.empty(len(rows), c, n, resamples.count if resamples else 0, keep_pred)
     balanced = [i for i, (m, _) in enumerate(rows) if m is not SINGLE and m.endswith(BALANCED)]
-    weighted = [i for i, (m, _) in enumerate(rows) if i not in balanced and base_method(m) in WEIGHTED_METHODS]
-    plain = [i for i in range(len(rows)) if i not in balanced and i not in weighted]
+    weighted = [i for i, (m, _) in enumerate(rows) if base_method(m) in WEIGHTED_METHODS and m == base_method(m)]
+    plain = sorted(set(range(len(rows))) - set(balanced) - set(weighted))
     wanted = {base_method(rows[i][0]) for i in balanced + weighted} & WEIGHTED_METHODS
     fit = WeightFit(f, wanted) if wanted else None
 
     def one_pass(group: list[int], weights: Weights, fitting: bool) -> None:
         group_plan = plan([rows[i] for i in group], f.text) if group else None
-        for start, stop, block in scores.blocks():
+        for start, stop, block in scores.blocks(pass_block(scores, group_plan) if group_plan else None):
             if fitting:
                 fit.add(block)
             if group_plan is not None:

@@ -19,7 +19,7 @@ from .ensemble import (
     label_ranks,
     multipliers_of,
 )
-from .scoring import Scores, WeightFit, score_rows
+from .scoring import Scores, WeightFit, block_size, score_rows
 
 Path = list[tuple[tuple[int, ...], float]]
 
@@ -89,7 +89,9 @@ def _step(scores, base, names, weights, chosen, candidates, state, totals, text_
     multipliers = multipliers_of(weights)
     cand_totals = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
     hits = torch.zeros(len(candidates), dtype=torch.int64)
-    for start, stop, block in scores.blocks():
+    c = f.text.shape[1]
+    working = scores.per_image * (2 + len(names)) + len(candidates) * c * 4 * (len(names) + 4)
+    for start, stop, block in scores.blocks(block_size(working)):
         per_template = block.transpose(0, 1).contiguous()  # [T, B, C]
         inputs = addends(per_template, names, weights)
         if chosen:
@@ -101,11 +103,11 @@ def _step(scores, base, names, weights, chosen, candidates, state, totals, text_
                 {name: torch.empty(len(scores), *inputs[name].shape[2:], dtype=inputs[name].dtype) for name in names}
             )
         sums = {k: v[index] + state[k][start:stop] if chosen else v[index] for k, v in inputs.items() if k in names}
-        pred, class_scores = combine_sums(
+        pred, numerators, divisor = combine_sums(
             base, sums, cand_totals, len(chosen) + 1, norms, per_template.argmax(dim=2), members
         )
         labels = f.labels[start:stop]
-        hit = pred == labels if class_scores is None else label_ranks(class_scores, labels, ranked=False)[0]
+        hit = pred == labels if numerators is None else label_ranks(numerators, labels, divisor, ranked=False)[0]
         hits += hit.sum(dim=1)
     return hits
 

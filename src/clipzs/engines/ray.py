@@ -266,19 +266,19 @@ def _read_memory(preprocessing: Preprocessing, ranges: Sequence[tuple[int, int]]
     return 2 * image * max(stop - start for start, stop in ranges)
 
 
-def _tower_resources(ray: Any, device: torch.device, actors: int | None) -> tuple[int, dict[str, Any]]:
-    """How many image-tower actors, and each one's Ray resources: one GPU each on CUDA (default: every GPU of the
-    cluster); on CPU, one per node, leaving at least one CPU for the read tasks."""
+def _tower_resources(ray: Any, device: torch.device) -> tuple[int, dict[str, Any]]:
+    """How many image-tower actors, and each one's Ray resources: on CUDA one per GPU of the cluster, a GPU each;
+    on CPU one per node, leaving at least one CPU for the read tasks."""
     resources = ray.cluster_resources()
     cpus = int(resources.get("CPU", 0))
     if device.type == "cuda":
         gpus = int(resources.get("GPU", 0))
         if gpus < 1:
             raise ClipzsError("device cuda: the Ray cluster has no GPUs (use device cpu, or add GPU nodes)")
-        count, args = actors or gpus, {"num_gpus": 1, "num_cpus": 1}
+        count, args = gpus, {"num_gpus": 1, "num_cpus": 1}
     else:
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        count, args = actors or max(1, min(nodes, cpus - 1)), {"num_cpus": 1}  # Ray Data spreads them over nodes
+        count, args = max(1, min(nodes, cpus - 1)), {"num_cpus": 1}  # Ray Data spreads them over the nodes
     if cpus < count + 1:
         raise ClipzsError(
             f"the Ray cluster has {cpus} CPU(s): {count} image-tower actor(s) need one each, and reading images "
@@ -320,19 +320,17 @@ def encode_chunks(
     strict: bool = False,
     compile: bool = False,
     address: str | None = None,
-    actors: int | None = None,
 ) -> Iterator[EncodedChunk]:
     """Encode the chunks `ranges` of `source` on Ray, yielding each as it is finished (in no fixed order).
 
     With a cache and not `collect`, the actors write each chunk to it (so every node must see the cache folder);
     otherwise each chunk's features come back to the driver, which stores them. `preprocess` is the model's image
-    transform (`ClipModel.preprocess`); `actors` defaults to one per GPU (CUDA) or per node (CPU). Close the
-    iterator to stop early: Ray Data then stops its tasks.
+    transform (`ClipModel.preprocess`). Close the iterator to stop early: Ray Data then stops its tasks.
     """
     if not ranges:
         return
     ray = connect(address)
-    count, tower_args = _tower_resources(ray, spec.device, actors)
+    count, tower_args = _tower_resources(ray, spec.device)
     groups = read_groups(source, ranges)
     parts = [ray.put(part(source, np.concatenate([np.arange(a, b) for a, b in group]))) for group in groups]
     returns = cache is None or collect
@@ -411,7 +409,6 @@ def encode_images(
     compile: bool = False,
     progress: bool = True,
     address: str | None = None,
-    actors: int | None = None,
 ) -> RayImageFeatures:
     """`encode.encode_images` on Ray: the same features [N, D], NaN rows and reasons, and the same cache chunks.
 
@@ -436,7 +433,6 @@ def encode_images(
         strict=strict,
         compile=compile,
         address=address,
-        actors=actors,
     )
     with tqdm(total=len(source), initial=len(source) - todo, desc="images", unit="img", disable=not progress) as bar:
         try:
