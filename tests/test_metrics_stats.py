@@ -86,15 +86,17 @@ def test_resamples_are_counts_of_draws_seeded_and_paired():
     assert draws.counts.shape == (200, 50) and bool((draws.counts.sum(dim=1) == 50).all())
     assert torch.equal(draws.counts, Resamples(50, 200, seed=5).counts)
     assert not torch.equal(draws.counts, Resamples(50, 200, seed=6).counts)
-    assert torch.equal(draws.block(10, 20), draws.counts[:, 10:20].float())
-    # blocks of images add up to the whole: what scoring a block at a time relies on
-    values = torch.stack([outcomes(50, 30).float(), outcomes(50, 10).float()], dim=1)  # [N, R]
-    whole = values.T @ draws.block(0, 50).T
-    parts = values[:20].T @ draws.block(0, 20).T + values[20:].T @ draws.block(20, 50).T
-    assert torch.equal(whole, parts)
+    # a resample's sum is its counts times the hits; blocks of images add up to the whole (what scoring a
+    # block at a time relies on), in the integer product and the float one alike
+    hits = torch.stack([outcomes(50, 30), outcomes(50, 10)]).bool()  # [R, N]
+    whole = draws.sums(hits, 0, 50)
+    assert torch.equal(whole.long(), (hits.double() @ draws.counts.double().T).long())
+    assert torch.equal(whole, draws.sums(hits[:, :20], 0, 20) + draws.sums(hits[:, 20:], 20, 50))
+    draws.small_counts = False
+    assert torch.equal(draws.sums(hits, 0, 50).long(), whole.long())
     intervals = draws.intervals(whole, 0.9)
-    assert torch.equal(intervals, bootstrap_cis(values, n_boot=200, seed=5, level=0.9))
-    mean = values.mean(dim=0).double()
+    assert torch.equal(intervals, bootstrap_cis(hits.T.float(), n_boot=200, seed=5, level=0.9))
+    mean = hits.double().mean(dim=1)
     assert bool((intervals[:, 0] <= mean).all()) and bool((mean <= intervals[:, 1]).all())
     with pytest.raises(ClipzsError):
         draws.intervals(whole, 1.5)

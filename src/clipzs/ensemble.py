@@ -34,7 +34,7 @@ VOTE_METHODS = frozenset({"vote-seed", "vote"})
 WEIGHTED_METHODS = frozenset({"zpe", "carprt"})  # weights need a pass over every image first
 BALANCED = "+balanced"  # suffix: a score method's probabilities rebalanced to a uniform class marginal
 MAX_SWEEP_TEMPLATES = 12
-CHUNK_BYTES = 4 << 20  # subsets are summed and scored a few at a time, so their [M, B, C] stays in the CPU's cache
+CHUNK_BYTES = 16 << 20  # subsets are summed and scored a few at a time, so their [M, B, C] stays in the CPU's cache
 SINGLE = None  # the method of a single-template row
 
 Spec = tuple[str | None, tuple[int, ...]]  # (method or SINGLE, 0-based template subset)
@@ -126,20 +126,15 @@ def accumulators(methods: set[str | None]) -> frozenset[str]:
 
 def text_norms(text: torch.Tensor, subsets: Sequence[tuple[int, ...]]) -> torch.Tensor:
     """||sum over the subset's templates of w_tc|| [len(subsets), C] from text [T, C, D], summed in template order
-    along each subset's prefixes, one [C, D] sum per distinct prefix."""
-    sums: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def total(subset: tuple[int, ...]) -> torch.Tensor:
-        if subset not in sums:
-            sums[subset] = text[subset[0]] if len(subset) == 1 else total(subset[:-1]) + text[subset[-1]]
-        return sums[subset]
-
+    (`subset_sums`), a few subsets of one size at a time."""
     out = torch.empty(len(subsets), text.shape[1])
-    for i, subset in enumerate(subsets):
-        out[i] = total(subset).norm(dim=-1)
-        for k in range(1, len(subset)):  # keep memory at one chain: drop prefixes no later subset shares
-            if i + 1 == len(subsets) or subsets[i + 1][:k] != subset[:k]:
-                sums.pop(subset[:k], None)
+    at_once = max(1, CHUNK_BYTES // (4 * text.shape[1] * text.shape[2]))
+    for size in {len(s) for s in subsets}:
+        rows = [i for i, s in enumerate(subsets) if len(s) == size]
+        for first in range(0, len(rows), at_once):
+            chunk = rows[first : first + at_once]
+            members = torch.tensor([subsets[i] for i in chunk], dtype=torch.int64)
+            out[chunk] = subset_sums(text, members).norm(dim=-1)
     return out
 
 
@@ -175,8 +170,7 @@ def plan(rows: Sequence[Spec], text: torch.Tensor) -> Plan:
     norms = None
     if embedding:
         norms = torch.zeros(len(rows), text.shape[1])
-        order = sorted(embedding, key=lambda i: rows[i][1])
-        norms[order] = text_norms(text, [rows[i][1] for i in order])
+        norms[embedding] = text_norms(text, [rows[i][1] for i in embedding])
     return Plan(rows, tuple(levels), accumulators({m for m, _ in rows}), norms)
 
 
@@ -299,6 +293,39 @@ def _vote_seed(counts: torch.Tensor, preds: torch.Tensor, members: torch.Tensor)
     return result
 
 
+def vote_hits(
+    method: str,
+    sums: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    preds: torch.Tensor | None = None,
+    members: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """hit1 [M, B] of a vote method from the subsets' vote counts [M, B, C] (and summed probabilities for `vote`,
+    per-template predictions [T, B] and the subsets [M, k] for `vote-seed`), worked out only where the label has
+    the most votes: elsewhere the vote cannot be the label."""
+    counts = sums["count"]
+    m, b, c = counts.shape
+    most = counts.amax(dim=2, keepdim=True)
+    at = (counts.gather(2, labels[None, :, None].expand(m, b, 1)) == most)[..., 0].nonzero()
+    hit1 = torch.zeros(m, b, dtype=torch.bool)
+    if not len(at):
+        return hit1
+    rows, top_votes, label = counts[at[:, 0], at[:, 1]], most[at[:, 0], at[:, 1]], labels[at[:, 1]]
+    if method == "vote":
+        probs = sums["prob"][at[:, 0], at[:, 1]].masked_fill(rows != top_votes, -torch.inf)
+        hit1[at[:, 0], at[:, 1]] = probs.argmax(dim=1) == label
+        return hit1
+    from .votes import vote_seed
+
+    hit = _count(torch.eq, rows, top_votes) == 1  # the label alone has the most votes
+    tied = (~hit).nonzero()[:, 0]
+    if len(tied):
+        ordered = preds[members[at[tied, 0]], at[tied, 1][:, None]]  # [ties, k], templates in order
+        hit[tied] = torch.from_numpy(vote_seed(ordered.numpy())) == label[tied]
+    hit1[at[:, 0], at[:, 1]] = hit
+    return hit1
+
+
 def addends(per_template: torch.Tensor, accumulators: frozenset[str], weights: Weights) -> dict[str, torch.Tensor]:
     """Per-template addends [T, B, C] of each accumulator, from per-template scores [T, B, C]."""
     inputs = {"logit": per_template}
@@ -392,20 +419,19 @@ def evaluate_block(
                 needed = {k: sums[k] if whole else sums[k][at] for k in NEEDS[base]}
                 row_totals = {k: v if whole else v[at] for k, v in totals.items() if k in needed}
                 norms = plan.norms[ids] if base == "embedding" else None
-                row_pred, numerators, divisor = combine_sums(
-                    base, needed, row_totals, size, norms, preds, members[at] if base == "vote-seed" else None
-                )
-                if numerators is None:
-                    hit1[ids] = row_pred == labels
-                else:
-                    hit1[ids], ranks = label_ranks(numerators, labels, divisor, ranked=ranks_method(base))
-                    if ranks is not None:
-                        above[ids] = ranks
-                    if want_pred or want_probs.intersection(ids.tolist()):
-                        class_scores = numerators if divisor is None else numerators / divisor
-                        row_pred = class_scores.argmax(dim=2)
-                        p = class_scores if base == "prob" else class_scores.softmax(dim=2)
-                        probs.update((i, p[j]) for j, i in enumerate(ids.tolist()) if i in want_probs)
-                if want_pred:
-                    pred[ids] = row_pred
+                subsets = members[at] if base == "vote-seed" else None
+                if base in VOTE_METHODS:
+                    hit1[ids] = vote_hits(base, needed, labels, preds, subsets)
+                    if want_pred:
+                        row_pred, numerators, _ = combine_sums(base, needed, row_totals, size, None, preds, subsets)
+                        pred[ids] = row_pred if numerators is None else numerators.argmax(dim=2)
+                    continue
+                _, numerators, divisor = combine_sums(base, needed, row_totals, size, norms)
+                hit1[ids], above[ids] = label_ranks(numerators, labels, divisor)
+                if want_pred or want_probs.intersection(ids.tolist()):
+                    class_scores = numerators if divisor is None else numerators / divisor
+                    p = class_scores if base == "prob" else class_scores.softmax(dim=2)
+                    probs.update((i, p[j]) for j, i in enumerate(ids.tolist()) if i in want_probs)
+                    if want_pred:
+                        pred[ids] = class_scores.argmax(dim=2)
     return BlockOutput(hit1, above, pred, probs)

@@ -54,10 +54,19 @@ class Resamples:
             self.counts[start : start + len(draws)] = torch.zeros(draws.shape, dtype=torch.int16).scatter_add_(
                 1, draws, ones
             )
+        self.small_counts = int(self.counts.max()) <= 127  # int8 holds them
 
-    def block(self, start: int, stop: int) -> torch.Tensor:
-        """Counts [S, stop - start] of images start:stop, as float32 (exact: they are small integers)."""
-        return self.counts[:, start:stop].float()
+    def sums(self, hits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Each resample's sum [R, S] of per-image hits [R, stop - start] (bool) of images start:stop: an integer
+        matrix product (int8 in, int32 out, exact), or a float32 one (exact too: small integers) where torch has
+        no integer product for these shapes."""
+        counts = self.counts[:, start:stop]
+        if self.small_counts:
+            try:
+                return torch._int_mm(hits.to(torch.int8), counts.to(torch.int8).T.contiguous())
+            except RuntimeError:  # shapes or a build without it
+                pass
+        return hits.float() @ counts.float().T
 
     def intervals(self, sums: torch.Tensor, level: float = 0.95) -> torch.Tensor:
         """Intervals [R, 2] (low, high) of the means whose resampled sums are `sums` [R, S]: the (1 - level) / 2

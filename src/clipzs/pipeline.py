@@ -201,7 +201,7 @@ def evaluate(
 
 def _accuracy(pred: torch.Tensor, labels: torch.Tensor, resamples: int, seed: int) -> tuple[float, tuple]:
     draws = Resamples(len(labels), resamples, seed)
-    sums = (pred == labels).float()[None] @ draws.block(0, len(labels)).T
+    sums = draws.sums((pred == labels)[None], 0, len(labels))
     low, high = draws.intervals(sums, LEVEL)[0].tolist()
     return (torch.tensor(float((pred == labels).sum())) / len(labels)).item(), (low, high)
 

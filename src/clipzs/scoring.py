@@ -160,13 +160,13 @@ class Tallies:
     hits1: torch.Tensor  # [R] int64
     hits5: torch.Tensor  # [R] int64 (rows without a ranking stay 0)
     per_class: torch.Tensor  # [R, C] float32 hits per true class (exact integers)
-    boot1: torch.Tensor | None  # [R, S] float32 hit sums under each resample (exact integers)
+    boot1: torch.Tensor | None  # [R, S] int32 hit sums under each resample
     boot5: torch.Tensor | None
     pred: torch.Tensor | None  # [R, N] kept predictions, when small enough
 
     @classmethod
     def empty(cls, rows: int, classes: int, n: int, resamples: int, keep_pred: bool) -> Tallies:
-        boot = (lambda: torch.zeros(rows, resamples)) if resamples else (lambda: None)
+        boot = (lambda: torch.zeros(rows, resamples, dtype=torch.int32)) if resamples else (lambda: None)
         pred = torch.empty(rows, n, dtype=torch.int64) if keep_pred else None
         return cls(
             torch.zeros(rows, dtype=torch.int64),
@@ -182,14 +182,14 @@ class Tallies:
         ids = torch.as_tensor(ids, dtype=torch.int64)
         hit1 = out.hit1
         hit5 = (out.above >= 0) & (out.above < 5)
-        self.hits1[ids] += hit1.sum(dim=1)
-        self.hits5[ids] += hit5.sum(dim=1)
         onehot = torch.zeros(len(labels), self.per_class.shape[1]).scatter_(1, labels[:, None], 1.0)
-        self.per_class[ids] += hit1.float() @ onehot
+        per_class = hit1.float() @ onehot
+        self.per_class[ids] += per_class
+        self.hits1[ids] += per_class.sum(dim=1).long()
+        self.hits5[ids] += (hit5.float() @ torch.ones(len(labels))).long()
         if self.boot1 is not None:
-            counts = resamples.block(start, stop)  # [S, B]
-            self.boot1[ids] += hit1.float() @ counts.T
-            self.boot5[ids] += hit5.float() @ counts.T
+            self.boot1[ids] += resamples.sums(hit1, start, stop).to(torch.int32)
+            self.boot5[ids] += resamples.sums(hit5, start, stop).to(torch.int32)
         if self.pred is not None:
             self.pred[ids, start:stop] = out.pred
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .ensemble import (
+    VOTE_METHODS,
     WEIGHTED_METHODS,
     Weights,
     accumulators,
@@ -18,6 +19,7 @@ from .ensemble import (
     combine_sums,
     label_ranks,
     multipliers_of,
+    vote_hits,
 )
 from .scoring import Scores, WeightFit, block_size, score_rows
 
@@ -103,11 +105,13 @@ def _step(scores, base, names, weights, chosen, candidates, state, totals, text_
                 {name: torch.empty(len(scores), *inputs[name].shape[2:], dtype=inputs[name].dtype) for name in names}
             )
         sums = {k: v[index] + state[k][start:stop] if chosen else v[index] for k, v in inputs.items() if k in names}
-        pred, numerators, divisor = combine_sums(
-            base, sums, cand_totals, len(chosen) + 1, norms, per_template.argmax(dim=2), members
-        )
         labels = f.labels[start:stop]
-        hit = pred == labels if numerators is None else label_ranks(numerators, labels, divisor, ranked=False)[0]
+        if base in VOTE_METHODS:
+            preds = per_template.argmax(dim=2) if base == "vote-seed" else None
+            hit = vote_hits(base, sums, labels, preds, members)
+        else:
+            _, numerators, divisor = combine_sums(base, sums, cand_totals, len(chosen) + 1, norms)
+            hit = label_ranks(numerators, labels, divisor, ranked=False)[0]
         hits += hit.sum(dim=1)
     return hits
 
