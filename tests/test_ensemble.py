@@ -13,6 +13,7 @@ from clipzs.ensemble import (
     all_subsets,
     combine_sums,
     evaluate_block,
+    label_ranks,
     parse_methods,
     plan,
 )
@@ -67,6 +68,54 @@ def test_vote_breaks_ties_by_summed_probability():
     assert probs is None and above.tolist() == [-1, -1, -1]  # a vote ranks nothing: no top-5
 
 
+def test_votes_of_every_subset_follow_their_rules_with_many_ties():
+    torch.manual_seed(5)
+    scores = torch.randn(300, 7, 4) * 3  # 4 classes, 7 templates: ties in every subset size
+    labels = torch.randint(0, 4, (300,))
+    subsets = all_subsets(7)
+    rows = [(m, s) for m in VOTE_METHODS for s in subsets]
+    out = evaluate_block(scores, labels, plan(rows, None), want_pred=True)
+    preds, probs = scores.argmax(dim=2), scores.softmax(dim=2)
+    for r, (method, subset) in enumerate(rows):
+        votes = [preds[:, t] for t in subset]
+        if method == "vote-seed":
+            expected = [max(set(p), key=p.count) for p in torch.stack(votes, dim=1).tolist()]
+        else:
+            counts = sum(F.one_hot(v, 4) for v in votes)
+            summed = probs[:, subset[0]].clone()
+            for t in subset[1:]:
+                summed += probs[:, t]
+            expected = summed.masked_fill(counts != counts.amax(dim=1, keepdim=True), -math.inf).argmax(dim=1).tolist()
+        assert out.pred[r].tolist() == expected, (method, subset)
+        assert torch.equal(out.hit1[r], out.pred[r] == labels), (method, subset)
+
+
+@pytest.mark.parametrize("divisor", [None, 3.0, 1.5, 12.0])
+def test_label_ranks_are_the_argmax_and_rank_of_the_quotients_even_within_an_ulp(divisor):
+    generator = torch.Generator().manual_seed(3)
+    sums = torch.randint(0, 5, (6, 40, 8), generator=generator).float() * 1.37  # many exact ties
+    ulps = torch.randint(-2, 3, sums.shape, generator=generator)  # and sums an ulp or two apart
+    for step in (1, 2):
+        sums = torch.where(ulps >= step, torch.nextafter(sums, torch.tensor(torch.inf)), sums)
+        sums = torch.where(ulps <= -step, torch.nextafter(sums, torch.tensor(-torch.inf)), sums)
+    labels = torch.randint(0, 8, (40,), generator=generator)
+    divisors = None if divisor is None else torch.full((6, 1, 1), divisor)
+    before = sums.clone()
+    hit1, above = label_ranks(sums, labels, divisors)
+    quotients = sums if divisor is None else sums / divisors
+    label_scores = quotients.gather(2, labels[None, :, None].expand(6, 40, 1))
+    tied_at_top = ((quotients == label_scores).sum(dim=2) > 1) & (quotients.amax(dim=2, keepdim=True) == label_scores)[
+        ..., 0
+    ]
+    assert int(tied_at_top.sum()) > 5
+    label_sums = sums.gather(2, labels[None, :, None].expand(6, 40, 1))
+    merged = (quotients == label_scores) & (sums != label_sums)  # different sums, the same rounded quotient
+    assert divisor is None or int(merged.sum()) > 5
+    assert torch.equal(hit1, quotients.argmax(dim=2) == labels)
+    assert torch.equal(above, (quotients > label_scores).sum(dim=2))
+    assert torch.equal(sums, before)
+
+
 def test_prob_and_logit_means_can_disagree():
     logits = torch.tensor([[[10.0, 0.0], [0.0, 3.0], [0.0, 3.0]]])
     assert run("logit", logits, None, range(3))[0].item() == 0  # means 3.33 vs 2
@@ -82,7 +131,7 @@ def test_embedding_mean_by_hand():
     scores = compute_scores(image, text, 100.0)
     rows = plan([("embedding", (0, 1))], text)
     torch.testing.assert_close(rows.norms, torch.tensor([[math.sqrt(2), 2.0]]))
-    _, class_scores, _ = combine_sums("embedding", {"logit": (scores[:, 0] + scores[:, 1])[None]}, {}, 2, rows.norms)
+    class_scores, _ = combine_sums("embedding", {"logit": (scores[:, 0] + scores[:, 1])[None]}, {}, 2, rows.norms)
     assert class_scores[0, 0].tolist() == pytest.approx([100 * 1.4 / math.sqrt(2), 60.0], rel=1e-6)
     assert run("embedding", scores, text, (0, 1))[0].tolist() == [0]
 

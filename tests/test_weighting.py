@@ -26,13 +26,13 @@ N, C = 2000, 10
 
 def logit_mean(logits: torch.Tensor) -> torch.Tensor:
     """The `logit` ensemble's class scores [N, C] of all templates."""
-    return combine_sums("logit", {"logit": logits.sum(dim=1)[None]}, {}, logits.shape[1])[1][0]
+    return combine_sums("logit", {"logit": logits.sum(dim=1)[None]}, {}, logits.shape[1])[0][0]
 
 
 def embedding_mean(logits: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """The `embedding` ensemble's class scores [N, C] of all templates, as `ensemble` computes them."""
     norms = plan([("embedding", tuple(range(logits.shape[1])))], text).norms
-    return combine_sums("embedding", {"logit": logits.sum(dim=1)[None]}, {}, logits.shape[1], norms)[1][0]
+    return combine_sums("embedding", {"logit": logits.sum(dim=1)[None]}, {}, logits.shape[1], norms)[0][0]
 
 
 def labels(seed: int = 0) -> tuple[torch.Tensor, torch.Generator]:

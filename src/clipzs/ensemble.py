@@ -44,8 +44,8 @@ NEEDS = {
     "logit": ("logit",),
     "embedding": ("logit",),
     "prob": ("prob",),
-    "vote": ("prob", "count"),
-    "vote-seed": ("count",),
+    "vote": ("prob",),
+    "vote-seed": (),
     "zpe": ("zpe",),
     "carprt": ("carprt",),
 }
@@ -226,9 +226,9 @@ class BlockOutput:
 
 def _count(compare, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """How many entries along the last dim satisfy `compare(a, b)` (torch.gt, torch.eq, ...): [..., C] -> [...]
-    float32, exact (C < 2**24). The comparison is written as 0./1. floats and summed by a matrix-vector product,
-    many times faster than summing a boolean tensor here."""
-    return compare(a, b, out=torch.empty(a.shape)) @ torch.ones(a.shape[-1])  # `b` broadcasts to `a`
+    float32, exact (C < 2**24). The comparison is written as 0./1. floats and summed as floats: several times
+    faster here than summing a boolean tensor or a matrix-vector product."""
+    return compare(a, b, out=torch.empty(a.shape)).sum(dim=-1)  # `b` broadcasts to `a`
 
 
 def _largest_below(q: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
@@ -252,78 +252,87 @@ def label_ranks(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hit1 [M, B] bool, above [M, B] int64 or None) of class scores sums / divisor [M, B, C] (divisor [M, 1, 1]
     or None for 1) against labels [B]: whether their argmax (the first maximum, as `torch.argmax` picks) is the
-    label, and how many classes score strictly above the label (the label is in the top k when above < k). The
-    quotients are never formed: the sums are compared with the largest sum whose quotient does not exceed the
-    label's."""
+    label, and with `ranked` how many classes score strictly above the label (the label is in the top k when
+    above < k). The quotients are never formed: the sums are compared with the largest sum whose quotient does
+    not exceed the label's, and the best other class with the largest sum whose quotient is below the label's
+    (above it, it ties with the label: then the first of the tied classes wins, worked out where that happens)."""
     m, b, c = sums.shape
     index = labels[None, :, None].expand(m, b, 1)
     label_sums = sums.gather(2, index)
-    label_scores = label_sums if divisor is None else label_sums / divisor
-    bound = label_sums if divisor is None else _largest_below(label_scores, divisor.expand_as(label_sums))
-    if ranked:
-        above = _count(torch.gt, sums, bound)
-        hit1 = above == 0
+    below_label = torch.nextafter(label_sums, torch.tensor(-torch.inf))
+    if divisor is None:
+        bound, tie_floor = label_sums, below_label
     else:
-        sums.scatter_(2, index, -torch.inf)  # the best other class (the label's entries restored, bit for bit)
-        hit1 = (sums.amax(dim=2, keepdim=True) <= bound)[..., 0]
-        sums.scatter_(2, index, label_sums)
-        above = None
-    top = hit1.nonzero()  # where no class scores above the label: another may score the same, and come first
-    if len(top):
-        rows = sums[top[:, 0], top[:, 1]]
-        scores = rows if divisor is None else rows / divisor[top[:, 0], 0]
-        tied = _count(torch.eq, scores, label_scores[top[:, 0], top[:, 1]]) > 1
-        if bool(tied.any()):
-            first = scores[tied].argmax(dim=1) == labels[top[tied, 1]]
-            hit1[top[tied, 0], top[tied, 1]] = first
-    return hit1, None if above is None else above.long()
-
-
-def _vote_seed(counts: torch.Tensor, preds: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """`max(set(p), key=p.count)` per (subset, image): counts [M, B, C], per-template preds [T, B], members [M, k]."""
-    from .votes import vote_seed
-
-    most = counts.amax(dim=2, keepdim=True)
-    top = torch.eq(counts, most, out=torch.empty(counts.shape))
-    result = (top @ torch.arange(counts.shape[2], dtype=torch.float32)).long()  # the class, where only one is top
-    tied = (top @ torch.ones(counts.shape[2]) > 1).nonzero()
+        divisor = divisor.expand_as(label_sums)
+        label_scores = label_sums / divisor
+        bound = _largest_below(label_scores, divisor)
+        tie_floor = _largest_below(torch.nextafter(label_scores, torch.tensor(-torch.inf)), divisor)
+    above = _count(torch.gt, sums, bound).long() if ranked else None
+    sums.scatter_(2, index, -torch.inf)
+    others = sums.amax(dim=2, keepdim=True)  # the best other class (the label's entries restored, bit for bit)
+    sums.scatter_(2, index, label_sums)
+    hit1 = (others <= bound)[..., 0]
+    tied = (hit1 & (others > tie_floor)[..., 0]).nonzero()
     if len(tied):
-        ordered = preds[members[tied[:, 0]], tied[:, 1][:, None]]  # [ties, k], templates in order
-        result[tied[:, 0], tied[:, 1]] = torch.from_numpy(vote_seed(ordered.numpy()))
-    return result
+        rows = sums[tied[:, 0], tied[:, 1]]
+        scores = rows if divisor is None else rows / divisor[tied[:, 0], tied[:, 1]]
+        hit1[tied[:, 0], tied[:, 1]] = scores.argmax(dim=1) == labels[tied[:, 1]]
+    return hit1, above
 
 
-def vote_hits(
-    method: str,
-    sums: dict[str, torch.Tensor],
-    labels: torch.Tensor,
-    preds: torch.Tensor | None = None,
-    members: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """hit1 [M, B] of a vote method from the subsets' vote counts [M, B, C] (and summed probabilities for `vote`,
-    per-template predictions [T, B] and the subsets [M, k] for `vote-seed`), worked out only where the label has
-    the most votes: elsewhere the vote cannot be the label."""
-    counts = sums["count"]
-    m, b, c = counts.shape
-    most = counts.amax(dim=2, keepdim=True)
-    at = (counts.gather(2, labels[None, :, None].expand(m, b, 1)) == most)[..., 0].nonzero()
-    hit1 = torch.zeros(m, b, dtype=torch.bool)
+def _votes_per_class(votes: torch.Tensor) -> torch.Tensor:
+    """[P, k]: how many of the row's votes [P, k] go to the class of each vote."""
+    return torch.eq(votes[:, :, None], votes[:, None, :]).sum(dim=2, dtype=torch.int32)
+
+
+def vote_winners(method: str, votes: torch.Tensor, prob_sums: torch.Tensor | None = None) -> torch.Tensor:
+    """The vote of each row of per-template predictions votes [P, k] (templates in order): for `vote-seed`
+    `max(set(p), key=p.count)` (`votes.vote_seed` where classes tie), for `vote` the most voted class with the
+    highest summed probability, prob_sums [P, k] the sum at each vote's class (then the lowest class)."""
+    per_vote = _votes_per_class(votes)
+    most = per_vote.amax(dim=1, keepdim=True)
+    top = per_vote == most
+    past = int(votes.max()) + 1 if len(votes) else 0  # above every class: `amin` skips it
+    if method == "vote":
+        scores = prob_sums.masked_fill(~top, -torch.inf)
+        return torch.where(scores == scores.amax(dim=1, keepdim=True), votes, past).amin(dim=1)
+    winners = torch.where(top, votes, past).amin(dim=1)
+    tied = (top.sum(dim=1) > most[:, 0]).nonzero()[:, 0]  # more votes at the top than one class has
+    if len(tied):
+        from .votes import vote_seed
+
+        winners[tied] = torch.from_numpy(vote_seed(votes[tied].numpy()))
+    return winners
+
+
+def vote_hits(method: str, votes: torch.Tensor, labels: torch.Tensor, prob_sums: torch.Tensor | None = None):
+    """hit1 [M, B] of a vote method from the subsets' per-template predictions votes [M, B, k] (templates in
+    order) and, for `vote`, their summed probabilities [M, B, C]. Only where the label has some votes but not
+    most of them are the other classes' votes counted (a majority is the only class with the most votes, and no
+    vote is no hit), and only where the label ties with another class for the most is the vote worked out."""
+    label_votes = torch.eq(votes, labels[:, None]).sum(dim=2, dtype=torch.int32)
+    hit1 = label_votes * 2 > votes.shape[2]
+    at = ((label_votes > 0) & ~hit1).nonzero()
     if not len(at):
         return hit1
-    rows, top_votes, label = counts[at[:, 0], at[:, 1]], most[at[:, 0], at[:, 1]], labels[at[:, 1]]
-    if method == "vote":
-        probs = sums["prob"][at[:, 0], at[:, 1]].masked_fill(rows != top_votes, -torch.inf)
-        hit1[at[:, 0], at[:, 1]] = probs.argmax(dim=1) == label
-        return hit1
-    from .votes import vote_seed
-
-    hit = _count(torch.eq, rows, top_votes) == 1  # the label alone has the most votes
-    tied = (~hit).nonzero()[:, 0]
-    if len(tied):
-        ordered = preds[members[at[tied, 0]], at[tied, 1][:, None]]  # [ties, k], templates in order
-        hit[tied] = torch.from_numpy(vote_seed(ordered.numpy())) == label[tied]
-    hit1[at[:, 0], at[:, 1]] = hit
+    ordered, label_votes = votes[at[:, 0], at[:, 1]], label_votes[at[:, 0], at[:, 1]]
+    per_vote = _votes_per_class(ordered)
+    top = per_vote.amax(dim=1) == label_votes
+    tied = top & (torch.eq(per_vote, label_votes[:, None]).sum(dim=1, dtype=torch.int32) > label_votes)
+    hit1[at[top, 0], at[top, 1]] = True
+    if bool(tied.any()):
+        at, ordered = at[tied], ordered[tied]
+        sums = None if prob_sums is None else prob_sums[at[:, :1], at[:, 1:], ordered]
+        hit1[at[:, 0], at[:, 1]] = vote_winners(method, ordered, sums) == labels[at[:, 1]]
     return hit1
+
+
+def vote_predictions(method: str, votes: torch.Tensor, prob_sums: torch.Tensor | None = None) -> torch.Tensor:
+    """Predictions [M, B] of a vote method from votes [M, B, k] (and summed probabilities [M, B, C] for `vote`)."""
+    m, b, k = votes.shape
+    flat = votes.reshape(m * b, k)
+    sums = None if prob_sums is None else prob_sums.reshape(m * b, -1).gather(1, flat)
+    return vote_winners(method, flat, sums).view(m, b)
 
 
 def addends(per_template: torch.Tensor, accumulators: frozenset[str], weights: Weights) -> dict[str, torch.Tensor]:
@@ -331,9 +340,6 @@ def addends(per_template: torch.Tensor, accumulators: frozenset[str], weights: W
     inputs = {"logit": per_template}
     if "prob" in accumulators:
         inputs["prob"] = per_template.softmax(dim=2)
-    if "count" in accumulators:
-        preds = per_template.argmax(dim=2, keepdim=True)
-        inputs["count"] = torch.zeros(per_template.shape).scatter_(2, preds, 1.0)
     if "zpe" in accumulators:
         inputs["zpe"] = per_template * weights.zpe[:, None, None]
     if "carprt" in accumulators:
@@ -347,33 +353,24 @@ def combine_sums(
     totals: dict[str, torch.Tensor],
     size: int,
     norms: torch.Tensor | None = None,
-    preds: torch.Tensor | None = None,
-    members: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(predictions [M, B] or None, numerators [M, B, C] or None, divisor [M, 1, 1] or None) of M subsets of
-    `size` templates from their sums (`sums[name]` [M, B, C]; `totals` their summed multipliers, zpe [M, 1],
-    carprt [M, C]; `norms` [M, C] their text-sum norms for `embedding`; per-template `preds` [T, B] and the
-    subsets' `members` [M, size] in template order for `vote-seed`). A method's class scores are
-    numerators / divisor: `vote-seed` gives predictions; `vote` its summed probabilities with every class but
-    the most voted at -inf, whose argmax is the vote; the score methods their scores, with a per-subset divisor
-    left undone where there is one (it cannot change which class wins, only be rounded in; see `label_ranks`)."""
-    if method == "vote-seed":
-        return _vote_seed(sums["count"], preds, members), None, None
-    if method == "vote":
-        counts = sums["count"]
-        return None, sums["prob"].masked_fill(counts != counts.amax(dim=2, keepdim=True), -torch.inf), None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(numerators [M, B, C], divisor [M, 1, 1] or None) of a score method's class scores numerators / divisor
+    for M subsets of `size` templates, from their sums (`sums[name]` [M, B, C]; `totals` their summed
+    multipliers, zpe [M, 1], carprt [M, C]; `norms` [M, C] their text-sum norms for `embedding`). The per-subset
+    divisor is left undone where there is one: it cannot change which class wins, only be rounded in (see
+    `label_ranks`)."""
     if method in (SINGLE, "logit", "prob"):
         divisor = (
             None
             if size == 1
             else torch.full((sums["logit" if method != "prob" else "prob"].shape[0], 1, 1), float(size))
         )
-        return None, sums["prob" if method == "prob" else "logit"], divisor
+        return sums["prob" if method == "prob" else "logit"], divisor
     if method == "embedding":
-        return None, sums["logit"] / norms[:, None, :], None
+        return sums["logit"] / norms[:, None, :], None
     if method == "zpe":
-        return None, sums["zpe"], totals["zpe"][:, :, None]
-    return None, sums["carprt"] / totals["carprt"][:, None, :], None
+        return sums["zpe"], totals["zpe"][:, :, None]
+    return sums["carprt"] / totals["carprt"][:, None, :], None
 
 
 def multipliers_of(weights: Weights) -> dict[str, torch.Tensor]:
@@ -397,7 +394,8 @@ def evaluate_block(
     b = per_template.shape[1]
     inputs = addends(per_template, plan.accumulators, weights)
     multipliers = multipliers_of(weights)
-    preds = per_template.argmax(dim=2) if "count" in plan.accumulators else None
+    voting = any(base_method(m) in VOTE_METHODS for level in plan.levels for m in level.requests)
+    preds = per_template.argmax(dim=2) if voting else None
     hit1 = torch.empty(len(plan.rows), b, dtype=torch.bool)
     above = torch.full((len(plan.rows), b), -1, dtype=torch.int64)
     pred = torch.empty(len(plan.rows), b, dtype=torch.int64) if want_pred else None
@@ -419,14 +417,13 @@ def evaluate_block(
                 needed = {k: sums[k] if whole else sums[k][at] for k in NEEDS[base]}
                 row_totals = {k: v if whole else v[at] for k, v in totals.items() if k in needed}
                 norms = plan.norms[ids] if base == "embedding" else None
-                subsets = members[at] if base == "vote-seed" else None
                 if base in VOTE_METHODS:
-                    hit1[ids] = vote_hits(base, needed, labels, preds, subsets)
+                    votes = preds[members[at]].transpose(1, 2)  # [R, B, size]
+                    hit1[ids] = vote_hits(base, votes, labels, needed.get("prob"))
                     if want_pred:
-                        row_pred, numerators, _ = combine_sums(base, needed, row_totals, size, None, preds, subsets)
-                        pred[ids] = row_pred if numerators is None else numerators.argmax(dim=2)
+                        pred[ids] = vote_predictions(base, votes, needed.get("prob"))
                     continue
-                _, numerators, divisor = combine_sums(base, needed, row_totals, size, norms)
+                numerators, divisor = combine_sums(base, needed, row_totals, size, norms)
                 hit1[ids], above[ids] = label_ranks(numerators, labels, divisor)
                 if want_pred or want_probs.intersection(ids.tolist()):
                     class_scores = numerators if divisor is None else numerators / divisor

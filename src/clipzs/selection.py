@@ -87,7 +87,7 @@ def _step(scores, base, names, weights, chosen, candidates, state, totals, text_
     f = scores.features
     index = torch.tensor(candidates)
     norms = (text_sum + f.text[index]).norm(dim=-1) if base == "embedding" else None
-    members = torch.tensor([sorted([*chosen, t]) for t in candidates]) if base == "vote-seed" else None
+    members = torch.tensor([sorted([*chosen, t]) for t in candidates])
     multipliers = multipliers_of(weights)
     cand_totals = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
     hits = torch.zeros(len(candidates), dtype=torch.int64)
@@ -107,10 +107,9 @@ def _step(scores, base, names, weights, chosen, candidates, state, totals, text_
         sums = {k: v[index] + state[k][start:stop] if chosen else v[index] for k, v in inputs.items() if k in names}
         labels = f.labels[start:stop]
         if base in VOTE_METHODS:
-            preds = per_template.argmax(dim=2) if base == "vote-seed" else None
-            hit = vote_hits(base, sums, labels, preds, members)
+            hit = vote_hits(base, per_template.argmax(dim=2)[members].transpose(1, 2), labels, sums.get("prob"))
         else:
-            _, numerators, divisor = combine_sums(base, sums, cand_totals, len(chosen) + 1, norms)
+            numerators, divisor = combine_sums(base, sums, cand_totals, len(chosen) + 1, norms)
             hit = label_ranks(numerators, labels, divisor, ranked=False)[0]
         hits += hit.sum(dim=1)
     return hits
