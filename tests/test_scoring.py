@@ -7,10 +7,11 @@ import torch.nn.functional as F
 
 from clipzs.ensemble import METHODS, SINGLE, VOTE_METHODS, all_subsets
 from clipzs.metrics import Resamples
-from clipzs.scoring import TILE, Features, Scores, compute_scores, predictions, score_rows
+from clipzs.scoring import Features, Scores, compute_scores, predictions, score_rows
 from clipzs.weighting import balance_classes, carprt, weighted_embedding, zpe
 
 N, T, C, D = 200, 5, 10, 16
+BLOCK = 64  # forced block size: several blocks, the last one partial
 SCORE_METHODS = [m for m in METHODS if m not in VOTE_METHODS]
 
 
@@ -50,8 +51,8 @@ def test_blocked_and_streamed_scoring_equal_in_memory_scoring(features):
     draws = Resamples(N, 100, seed=1)
     whole = Scores(features, block=N)
     assert whole.held is not None and len(list(whole.blocks())) == 1
-    blocked = Scores(features, block=TILE)
-    streamed = Scores(features, block=TILE, held_bytes=0)
+    blocked = Scores(features, block=BLOCK)
+    streamed = Scores(features, block=BLOCK, held_bytes=0)
     assert streamed.held is None and len(list(streamed.blocks())) == 4
     expected = score_rows(whole, rows, draws, keep_pred=True)
     assert expected.hits1.sum() > 0 and len(set(expected.pred[-1].tolist())) > 3  # not degenerate
@@ -69,8 +70,8 @@ def test_blocked_and_streamed_scoring_equal_in_memory_scoring(features):
 def test_tallies_without_predictions_are_the_same_counts(features):
     rows = rows_of_a_sweep()[::7]
     draws = Resamples(N, 50, seed=2)
-    kept = score_rows(Scores(features, block=TILE), rows, draws, keep_pred=True)
-    counted = score_rows(Scores(features, block=TILE, held_bytes=0), rows, draws, keep_pred=False)
+    kept = score_rows(Scores(features, block=BLOCK), rows, draws, keep_pred=True)
+    counted = score_rows(Scores(features, block=BLOCK, held_bytes=0), rows, draws, keep_pred=False)
     assert counted.pred is None
     for name in ("hits1", "hits5", "per_class", "boot1", "boot5"):
         assert torch.equal(getattr(counted, name), getattr(kept, name)), name
@@ -98,7 +99,7 @@ def test_weighted_and_balanced_predictions_equal_the_reference_formulas(features
     the formula applied to the subset's scores."""
     logits = compute_scores(features.image, features.text, features.logit_scale)
     subsets = [(0, 1, 2, 3, 4), (1, 3), (0, 2, 4), (2,)]
-    got = predictions(Scores(features, block=TILE), [(method, s) for s in subsets])
+    got = predictions(Scores(features, block=BLOCK), [(method, s) for s in subsets])
     for subset, pred in zip(subsets, got, strict=True):
         expected = reference(method, logits[:, list(subset)], features.text[list(subset)]).argmax(dim=1)
         mismatches = int((pred != expected).sum())

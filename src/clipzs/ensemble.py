@@ -2,10 +2,9 @@
 
 scores[b, t, c] = logit_scale * cos(image b, prompt of template t for class c). A row to evaluate is a method
 and a template subset (or `None` and one template: that template alone). Every method's class scores for a subset
-are built from running sums over the subset's templates in ascending order (acc = x[t1]; acc = acc + x[t2]; ...),
-so a subset's sums are its prefix's sums plus one template: a sweep over every subset costs one addition per
-subset and accumulator, and an image's result never depends on which block it is in or which other rows are
-evaluated beside it.
+are built from sums over the subset's templates in ascending order (acc = x[t1]; acc = acc + x[t2]; ...), computed
+for many subsets at once (`subset_sums`); a vote from the subset's per-template predictions. An image's result
+never depends on which block it is in or which other rows are evaluated beside it.
 
 Methods:
 - `vote-seed`: the original rule, `max(set(preds), key=preds.count)` over the per-template predictions in template
@@ -206,6 +205,9 @@ def subset_sums(addends: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     one matrix product (the indicator times the addends) where it adds in order (`products_add_in_order`), else
     one gather and addition per position in the subsets."""
     t, b, c = addends.shape
+    if members.shape[1] == 1:  # single templates: the addends themselves, copied only when some are left out
+        whole = len(members) == t and bool((members[:, 0] == torch.arange(t)).all())
+        return addends if whole else addends.index_select(0, members[:, 0])
     if addends.dtype == torch.float32 and products_add_in_order(t):
         return (indicator(members, t) @ addends.reshape(t, b * c)).view(len(members), b, c)
     sums = addends.index_select(0, members[:, 0])

@@ -40,6 +40,7 @@ from .selection import best_of_path, best_subset, greedy_forward
 from .sources import open_source
 
 RESAMPLES, BOOTSTRAP_SEED, LEVEL = 1000, 0, 0.95
+KEPT_PREDICTIONS_BYTES = 256 << 20  # up to this, every row's predictions are kept rather than recomputed
 
 
 def _run(setup: Setup, run: Encoding, seconds: dict[str, float], **options) -> Run:
@@ -82,7 +83,8 @@ def summarize(
     scores = Scores(features, block=block)
     specs = [(SINGLE, (t,)) for t in range(len(templates))] + [(m, s) for m in methods for s in subsets]
     draws = Resamples(len(features.labels), resamples, seed)
-    tallies = score_rows(scores, specs, draws)
+    keep_pred = len(specs) * len(features.labels) * 8 <= KEPT_PREDICTIONS_BYTES  # saves a pass for the McNemar test
+    tallies = score_rows(scores, specs, draws, keep_pred=keep_pred)
     n, c = len(features.labels), features.text.shape[1]
     counts = torch.bincount(features.labels, minlength=c).float()
     ci1 = draws.intervals(tallies.boot1, LEVEL).tolist()
@@ -109,7 +111,7 @@ def summarize(
     best_single = max(range(len(single)), key=lambda i: single[i].acc1)
     best = len(single) + max(range(len(ensembles)), key=lambda i: ensembles[i].acc1)
     pair = [best, best_single]
-    pred = predictions(scores, [specs[i] for i in pair])
+    pred = tallies.pred[pair] if keep_pred else predictions(scores, [specs[i] for i in pair])
     test = mcnemar(pred[0] == features.labels, pred[1] == features.labels)
     chosen = rows[best]
     comparison = Comparison(

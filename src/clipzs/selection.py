@@ -6,6 +6,8 @@ reported on; `pipeline.select` keeps the two apart.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .ensemble import (
@@ -13,7 +15,6 @@ from .ensemble import (
     WEIGHTED_METHODS,
     Weights,
     accumulators,
-    addends,
     all_subsets,
     base_method,
     combine_sums,
@@ -21,7 +22,7 @@ from .ensemble import (
     multipliers_of,
     vote_hits,
 )
-from .scoring import Scores, WeightFit, block_size, score_rows
+from .scoring import CACHE_BYTES, Scores, WeightFit, block_size, score_rows
 
 Path = list[tuple[tuple[int, ...], float]]
 
@@ -61,7 +62,8 @@ def greedy_forward(method: str, scores: Scores) -> Path:
         weights = fit.weights()
     names = accumulators({base})
     multipliers = multipliers_of(weights)
-    state: dict[str, torch.Tensor] = {}  # running sums [N, C] of the chosen templates
+    preds = _template_predictions(scores) if base in VOTE_METHODS else None
+    state = {name: torch.empty(len(scores), f.text.shape[1]) for name in names}  # running sums of the chosen
     totals: dict[str, torch.Tensor] = {}  # their multipliers, [1, 1] or [1, C]
     text_sum = torch.zeros(f.text.shape[1:])
     chosen: list[int] = []
@@ -72,7 +74,11 @@ def greedy_forward(method: str, scores: Scores) -> Path:
             subsets = [tuple(sorted([*chosen, t])) for t in candidates]
             hits = score_rows(scores, [(method, s) for s in subsets], None, keep_pred=False).hits1
         else:
-            hits = _step(scores, base, names, weights, chosen, candidates, state, totals, text_sum)
+            norms = None
+            if base == "embedding":  # one candidate at a time: a [C, D] sum stays in the CPU's cache
+                norms = torch.stack([(text_sum + f.text[t]).norm(dim=-1) for t in candidates])
+            step = Step(base, weights, chosen, candidates, norms, preds)
+            hits = step.hits(scores, state, totals)
         pick = int(torch.argmax(hits))  # the first maximum
         added = candidates[pick]
         chosen.append(added)
@@ -82,37 +88,69 @@ def greedy_forward(method: str, scores: Scores) -> Path:
     return path
 
 
-def _step(scores, base, names, weights, chosen, candidates, state, totals, text_sum) -> torch.Tensor:
-    """Hits [len(candidates)] of `chosen + t` for each candidate t; adds the last chosen template to `state`."""
-    f = scores.features
-    index = torch.tensor(candidates)
-    norms = (text_sum + f.text[index]).norm(dim=-1) if base == "embedding" else None
-    members = torch.tensor([sorted([*chosen, t]) for t in candidates])
-    multipliers = multipliers_of(weights)
-    cand_totals = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
-    hits = torch.zeros(len(candidates), dtype=torch.int64)
-    c = f.text.shape[1]
-    working = scores.per_image * (2 + len(names)) + len(candidates) * c * 4 * (len(names) + 4)
-    for start, stop, block in scores.blocks(block_size(working)):
-        per_template = block.transpose(0, 1).contiguous()  # [T, B, C]
-        inputs = addends(per_template, names, weights)
-        if chosen:
-            for name in names:
-                last = inputs[name][chosen[-1]]
-                state[name][start:stop] = last if len(chosen) == 1 else state[name][start:stop] + last
-        elif not state:
-            state.update(
-                {name: torch.empty(len(scores), *inputs[name].shape[2:], dtype=inputs[name].dtype) for name in names}
-            )
-        sums = {k: v[index] + state[k][start:stop] if chosen else v[index] for k, v in inputs.items() if k in names}
-        labels = f.labels[start:stop]
-        if base in VOTE_METHODS:
-            hit = vote_hits(base, per_template.argmax(dim=2)[members].transpose(1, 2), labels, sums.get("prob"))
-        else:
-            numerators, divisor = combine_sums(base, sums, cand_totals, len(chosen) + 1, norms)
-            hit = label_ranks(numerators, labels, divisor, ranked=False)[0]
-        hits += hit.sum(dim=1)
-    return hits
+def _template_predictions(scores: Scores) -> torch.Tensor:
+    """Each template's prediction [N, T] for every image, from one pass over the scores."""
+    return torch.cat([block.argmax(dim=2) for _, _, block in scores.blocks()])
+
+
+def _addends(block: torch.Tensor, templates: torch.Tensor, names: frozenset[str], weights: Weights) -> dict:
+    """Addends [B, k, C] of each accumulator for some templates [k] of a block of scores [B, T, C]."""
+    x = block.index_select(1, templates)
+    found = {
+        "logit": lambda: x,
+        "prob": lambda: x.softmax(dim=2),
+        "zpe": lambda: x * weights.zpe[templates][None, :, None],
+        "carprt": lambda: x * weights.carprt[templates][None],
+    }
+    return {name: found[name]() for name in names}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of greedy selection: the hits of `chosen` plus each candidate template, as `evaluate` scores them
+    (`norms` [candidates, C] of the text sums for `embedding`, `preds` [N, T] per-template predictions for votes)."""
+
+    method: str
+    weights: Weights
+    chosen: list[int]
+    candidates: list[int]
+    norms: torch.Tensor | None
+    preds: torch.Tensor | None
+
+    def hits(self, scores: Scores, state: dict[str, torch.Tensor], totals: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hits [len(candidates)]. First adds the last chosen template to the running sums `state` [N, C]; then
+        takes the candidates a few at a time, so that their sums [k, B, C] stay in the CPU's cache."""
+        f, names, chosen = scores.features, frozenset(state), self.chosen
+        members = torch.tensor([sorted([*chosen, t]) for t in self.candidates])
+        multipliers = multipliers_of(self.weights)
+        hits = torch.zeros(len(self.candidates), dtype=torch.int64)
+        size = block_size(scores.per_image)
+        at_once = max(1, CACHE_BYTES // (4 * size * f.text.shape[1] * max(1, len(names))))
+        for start, stop, block in scores.blocks(size):
+            if chosen:  # the running sums gain the template chosen last
+                last = _addends(block, torch.tensor(chosen[-1:]), names, self.weights)
+                for name in names:
+                    running = state[name][start:stop]
+                    if len(chosen) == 1:
+                        running.copy_(last[name][:, 0])
+                    else:
+                        running.add_(last[name][:, 0])
+            labels = f.labels[start:stop]
+            for first in range(0, len(self.candidates), at_once):
+                part = slice(first, first + at_once)
+                index = torch.tensor(self.candidates[part])
+                inputs = _addends(block, index, names, self.weights)
+                sums = {k: (v + state[k][start:stop, None] if chosen else v).transpose(0, 1) for k, v in inputs.items()}
+                if self.method in VOTE_METHODS:
+                    votes = self.preds[start:stop][:, members[part]].transpose(0, 1)  # [k, B, size]
+                    hit = vote_hits(self.method, votes, labels, sums.get("prob"))
+                else:
+                    cand_totals = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
+                    norms = None if self.norms is None else self.norms[part]
+                    numerators, divisor = combine_sums(self.method, sums, cand_totals, len(chosen) + 1, norms)
+                    hit = label_ranks(numerators, labels, divisor, ranked=False)[0]
+                hits[part] += hit.sum(dim=1)
+        return hits
 
 
 def best_of_path(path: Path) -> tuple[tuple[int, ...], float]:
