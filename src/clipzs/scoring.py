@@ -58,12 +58,15 @@ class Features:
         return Features(self.image[index], self.text, self.labels[index], self.logit_scale)
 
 
-def compute_scores(image: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
+def compute_scores(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, T, C] logits of unit-norm image features [B, D] against text features [T, C, D], in tiles of TILE
-    images (the last one padded), so the result for an image never depends on the others."""
+    images (the last one padded), so the result for an image never depends on the others; written into `out`
+    (at least B × T·C floats) when given."""
     t, c, d = text.shape
     flat = text.reshape(t * c, d).T
-    out = torch.empty(len(image), t * c)
+    out = torch.empty(len(image), t * c) if out is None else out.view(-1)[: len(image) * t * c].view(len(image), -1)
     for start in range(0, len(image), TILE):
         tile = image[start : start + TILE]
         if len(tile) == TILE:
@@ -98,17 +101,20 @@ class Scores:
 
     def blocks(self, size: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, stop, scores [stop - start, T, C]) for consecutive blocks of `size` images (default: a block
-        holding a few copies of its scores in BLOCK_BYTES)."""
+        holding a few copies of its scores in BLOCK_BYTES). Scores that are not held are computed in blocks of
+        whole products (TILE images), into one buffer: a block is valid until the next one is asked for."""
         f = self.features
         size = self.forced or size or block_size(4 * self.per_image)
-        if self.held is None and not self.forced:
-            size = -(-size // TILE) * TILE  # whole products: no padding rows computed in vain
+        if self.held is not None:
+            for start in range(0, len(self), size):
+                yield start, min(start + size, len(self)), self.held[start : start + size]
+            return
+        if not self.forced:
+            size = -(-size // TILE) * TILE  # whole products: no padding computed in vain
+        buffer = torch.empty(min(size, len(self)) * self.per_image // 4)
         for start in range(0, len(self), size):
             stop = min(start + size, len(self))
-            if self.held is not None:
-                yield start, stop, self.held[start:stop]
-            else:
-                yield start, stop, compute_scores(f.image[start:stop], f.text, f.logit_scale)
+            yield start, stop, compute_scores(f.image[start:stop], f.text, f.logit_scale, out=buffer)
 
 
 def pass_block(scores: Scores, group_plan: Plan) -> int:
