@@ -648,7 +648,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep-templates", type=int, help="templates of the sweep (12)")
     p.add_argument("--classes", type=int, default=100, help="classes of the synthetic features (100)")
     p.add_argument(
-        "--compare", nargs="+", metavar="TxN", help="old-vs-new sweeps, templates x images (8x10000 12x1000)"
+        "--compare", nargs="+", metavar="TxN", help="old-vs-new sweeps, templates x images (8x10000 12x300)"
     )
     p.add_argument("--imagenet-per-class", type=int, help="images per class of the ImageNet layout (50)")
     p.add_argument("--loop-images", type=int, help="CIFAR-100-format test images of the loop (10000)")
@@ -675,7 +675,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     small = args.small
     args.sweep_images = args.sweep_images or (1000 if small else 10_000)
     args.sweep_templates = args.sweep_templates or (6 if small else 12)
-    compare = args.compare or (["5x500", "6x200"] if small else ["8x10000", "12x1000"])
+    compare = args.compare or (["5x500", "6x200"] if small else ["8x10000", "12x300"])
     args.compare = [tuple(int(x) for x in c.lower().split("x")) for c in compare]
     args.imagenet_per_class = args.imagenet_per_class or (2 if small else 50)
     args.loop_images = args.loop_images or (64 if small else 10_000)

@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 from PIL import Image
+from wds_helpers import encode as encode_image
+from wds_helpers import write_wds
 
 from clipzs import encode, encoding
 from clipzs.cache import CorruptCacheWarning
@@ -34,7 +36,7 @@ def run(tiny_config, tiny_checkpoint, cifar_root, tmp_path):
         )
         return evaluate(**{**kwargs, **options})
 
-    run.cache = cache
+    run.cache, run.model, run.pretrained = cache, tiny_config, tiny_checkpoint
     return run
 
 
@@ -103,16 +105,16 @@ KILLED_RUN = """
         sys.stdin.readline()  # the next chunk waits for the parent, which may kill this run instead
     clipzs.cache.ImageEntry.write = paced_write
     clipzs.pipeline.evaluate(model=sys.argv[1], pretrained=sys.argv[2], data_root=sys.argv[3],
-                             feature_cache=sys.argv[4], progress=False, templates="seed", batch_size=4)
+                             feature_cache=sys.argv[4], dataset=sys.argv[5], progress=False, templates="seed",
+                             batch_size=4)
     print("finished", flush=True)
 """
 
 
-def test_a_run_killed_mid_encoding_resumes_to_identical_results(
-    run, tiny_config, tiny_checkpoint, cifar_root, monkeypatch
-):
+def _kill_after_two_chunks(run, data_root, dataset: str) -> None:
+    """Run an evaluation in a child with chunks of 8 images and SIGKILL it once it has stored two."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = [str(tiny_config), str(tiny_checkpoint), str(cifar_root), str(run.cache)]
+    args = [str(run.model), str(run.pretrained), str(data_root), str(run.cache), dataset]
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(KILLED_RUN), *args],
         stdin=subprocess.PIPE,
@@ -130,10 +132,37 @@ def test_a_run_killed_mid_encoding_resumes_to_identical_results(
     child.stdout.close()
     assert child.returncode == -signal.SIGKILL
 
+
+def test_a_run_killed_mid_encoding_resumes_to_identical_results(run, cifar_root, monkeypatch):
+    _kill_after_two_chunks(run, cifar_root, "cifar100")
     _small_chunks(monkeypatch, 8)
     resumed = run(batch_size=4)
     assert resumed.run.encoded == {"images": 40 - 16, "prompts": 0}
     assert _metrics(resumed) == _metrics(run(use_cache=False))
+
+
+@pytest.fixture
+def wds_dataset(tmp_path, cifar_root):
+    """The 40 CIFAR-format test images as CLIP_benchmark's webdataset shards (lossless PNG), with the raw names."""
+    images = load_cifar("cifar100", cifar_root)
+    samples = [(f"s{i:03d}", "png", encode_image(images.pixels[i]), int(images.labels[i])) for i in range(40)]
+    return write_wds(tmp_path / "wds", samples, [16, 16, 8], list(images.classes))
+
+
+def test_the_same_images_give_the_same_results_through_wds_and_the_cifar_reader(run, wds_dataset):
+    cifar = run(sweep=True, classnames="raw")
+    shards = run(sweep=True, classnames="raw", dataset="wds", data_root=wds_dataset)
+    assert shards.run.encoded == {"images": 40, "prompts": 0}  # the same prompts, read from the cache
+    assert shards.run.classes == cifar.run.classes
+    assert _metrics(shards) == _metrics(cifar)
+
+
+def test_a_wds_run_killed_mid_encoding_resumes_without_encoding_its_chunks_again(run, wds_dataset, monkeypatch):
+    _kill_after_two_chunks(run, wds_dataset, "wds")
+    _small_chunks(monkeypatch, 8)
+    resumed = run(dataset="wds", data_root=wds_dataset, batch_size=4)
+    assert resumed.run.encoded == {"images": 40 - 16, "prompts": 0}
+    assert _metrics(resumed) == _metrics(run(dataset="wds", data_root=wds_dataset, use_cache=False))
 
 
 def test_cache_list_and_clear_by_model(run, capsys):
