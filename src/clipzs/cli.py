@@ -324,26 +324,21 @@ def _write_report(result, out_dir: Path) -> None:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    _check_outputs(args)
-    from . import pipeline
-    from .report import format_selection
-    from .results import write_result
-
-    result = pipeline.select(**library_options(args))
-    print(format_selection(result))
-    if args.out:
-        write_result(result, args.out)
-    return 0
+    return _run_and_print(args, "select", "format_selection")
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    return _run_and_print(args, "compare", "format_comparison")
+
+
+def _run_and_print(args: argparse.Namespace, command: str, formatter: str) -> int:
+    """A library command's result printed, then written to --out."""
     _check_outputs(args)
-    from . import pipeline
-    from .report import format_comparison
+    from . import pipeline, report
     from .results import write_result
 
-    result = pipeline.compare(**library_options(args))
-    print(format_comparison(result))
+    result = getattr(pipeline, command)(**library_options(args))
+    print(getattr(report, formatter)(result))
     if args.out:
         write_result(result, args.out)
     return 0

@@ -307,7 +307,9 @@ def vote_winners(method: str, votes: torch.Tensor, prob_sums: torch.Tensor | Non
     return winners
 
 
-def vote_hits(method: str, votes: torch.Tensor, labels: torch.Tensor, prob_sums: torch.Tensor | None = None):
+def vote_hits(
+    method: str, votes: torch.Tensor, labels: torch.Tensor, prob_sums: torch.Tensor | None = None
+) -> torch.Tensor:
     """hit1 [M, B] of a vote method from the subsets' per-template predictions votes [M, B, k] (templates in
     order) and, for `vote`, their summed probabilities [M, B, C]. Only where the label has some votes but not
     most of them are the other classes' votes counted (a majority is the only class with the most votes, and no
