@@ -647,9 +647,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep-images", type=int, help="images of the sweep (10000)")
     p.add_argument("--sweep-templates", type=int, help="templates of the sweep (12)")
     p.add_argument("--classes", type=int, default=100, help="classes of the synthetic features (100)")
-    p.add_argument(
-        "--compare", nargs="+", metavar="TxN", help="old-vs-new sweeps, templates x images (8x10000 12x300)"
-    )
+    p.add_argument("--compare", nargs="+", metavar="TxN", help="old-vs-new sweeps, templates x images (8x10000 12x300)")
     p.add_argument("--imagenet-per-class", type=int, help="images per class of the ImageNet layout (50)")
     p.add_argument("--loop-images", type=int, help="CIFAR-100-format test images of the loop (10000)")
     p.add_argument("--repeats", type=int, help="runs of each warm loop job (5)")
