@@ -189,19 +189,27 @@ class Tallies:
 
     def add(self, ids: Sequence[int], start: int, stop: int, out: BlockOutput, labels, resamples) -> None:
         """Count rows `ids`' hits [R, B] and label ranks [R, B] (-1: no ranking) for images start:stop."""
-        ids = torch.as_tensor(ids, dtype=torch.int64)
+        rows = _as_rows(ids)
         hit1 = out.hit1
         hit5 = (out.above >= 0) & (out.above < 5)
         onehot = torch.zeros(len(labels), self.per_class.shape[1]).scatter_(1, labels[:, None], 1.0)
         per_class = hit1.float() @ onehot
-        self.per_class[ids] += per_class
-        self.hits1[ids] += per_class.sum(dim=1).long()
-        self.hits5[ids] += (hit5.float() @ torch.ones(len(labels))).long()
+        self.per_class[rows] += per_class
+        self.hits1[rows] += per_class.sum(dim=1).long()
+        self.hits5[rows] += (hit5.float() @ torch.ones(len(labels))).long()
         if self.boot1 is not None:
-            self.boot1[ids] += resamples.sums(hit1, start, stop).to(torch.int32)
-            self.boot5[ids] += resamples.sums(hit5, start, stop).to(torch.int32)
+            self.boot1[rows] += resamples.sums(hit1, start, stop).to(torch.int32)
+            self.boot5[rows] += resamples.sums(hit5, start, stop).to(torch.int32)
         if self.pred is not None:
             self.pred[ids, start:stop] = out.pred
+
+
+def _as_rows(ids: Sequence[int]) -> slice | torch.Tensor:
+    """Row ids as a slice where they are consecutive (so `x[rows] += y` adds in place, in one pass), else a tensor."""
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    if len(ids) and int(ids[-1]) - int(ids[0]) == len(ids) - 1 and bool((ids.diff() == 1).all()):
+        return slice(int(ids[0]), int(ids[-1]) + 1)
+    return ids
 
 
 def _balance_rows(scores: Scores, rows: Sequence[Spec], ids: list[int], weights: Weights, tallies, resamples) -> None:
