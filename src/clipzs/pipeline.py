@@ -83,7 +83,8 @@ def summarize(
     scores = Scores(features, block=block)
     specs = [(SINGLE, (t,)) for t in range(len(templates))] + [(m, s) for m in methods for s in subsets]
     draws = Resamples(len(features.labels), resamples, seed)
-    keep_pred = len(specs) * len(features.labels) * 8 <= KEPT_PREDICTIONS_BYTES  # saves a pass for the McNemar test
+    # scores that are not held cost a pass to recompute: then keep every row's predictions, if they are small
+    keep_pred = scores.held is None and len(specs) * len(features.labels) * 8 <= KEPT_PREDICTIONS_BYTES
     tallies = score_rows(scores, specs, draws, keep_pred=keep_pred)
     n, c = len(features.labels), features.text.shape[1]
     counts = torch.bincount(features.labels, minlength=c).float()
