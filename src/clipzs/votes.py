@@ -130,7 +130,8 @@ def _emulate(preds: np.ndarray, counts: np.ndarray, first: np.ndarray, top: np.n
     occupied = np.zeros(n, dtype=np.int64)  # bit s: slot s holds a key
     used = np.zeros(n, dtype=np.int8)
     small_table = np.zeros(_SMALL * n + 1, dtype=np.int64)  # [slot * n + row]: the key's column; last: discard
-    lut = _small_lut() if preds.max() < _LUT_KEYS else None
+    largest = int(preds.max()) if preds.size else 0
+    lut = _small_lut(max(64, 1 << largest.bit_length())) if largest < _LUT_KEYS else None
     flat, every = preds.ravel(), np.arange(n)
     for col in range(k):
         add = first[col] & (used < _SMALL_FULL)
@@ -194,11 +195,12 @@ def _look(i: np.ndarray, occupied: np.ndarray, mask: int) -> tuple[np.ndarray, n
 
 
 @functools.cache
-def _small_lut() -> np.ndarray:
-    """slot = lut[key << 8 | occupied bits]: where a key < _LUT_KEYS lands in a small table with a free slot."""
-    key = np.repeat(np.arange(_LUT_KEYS, dtype=np.int64), 255)
-    occupied = np.tile(np.arange(255, dtype=np.int64), _LUT_KEYS)
-    lut = np.zeros(_LUT_KEYS * 256, dtype=np.uint8)
+def _small_lut(keys: int) -> np.ndarray:
+    """slot = lut[key << 8 | occupied bits]: where a key < `keys` (a power of two up to _LUT_KEYS: only as many as
+    the classes need, since building it costs) lands in a small table with a free slot."""
+    key = np.repeat(np.arange(keys, dtype=np.int64), 255)
+    occupied = np.tile(np.arange(255, dtype=np.int64), keys)
+    lut = np.zeros(keys * 256, dtype=np.uint8)
     lut[key * 256 + occupied] = _probe(key, occupied, _SMALL - 1)
     return lut
 
