@@ -211,3 +211,27 @@ def refused_url(name: str) -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/{name}"
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """The one line that `clipzs argv` prints for an error, checked to be one line and exit status 2."""
+    from clipzs.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clipzs: error: "), captured.err
+    return lines[0]
+
+
+def cifar_image_folder(root: Path, cifar_root: Path, n: int, folder_of, suffix: str = ".png", **save) -> Path:
+    """The first n images of the CIFAR-100-format test split as files `root/<folder_of(i, label)>/<i:02d><suffix>`,
+    saved by Pillow with `save` options."""
+    from clipzs.sources.cifar import load_cifar
+
+    images = load_cifar("cifar100", cifar_root).subset(range(n))
+    for i in range(n):
+        folder = root / folder_of(i, int(images.labels[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        images.load(i).save(folder / f"{i:02d}{suffix}", **save)
+    return root

@@ -23,14 +23,6 @@ def eval_args(tiny_args):
     return ["eval", *tiny_args, "--templates", "seed"]
 
 
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipzs: error: "), captured.err
-    return lines[0]
-
-
 def _results(path) -> dict:
     return json.loads(path.read_text())
 
@@ -327,27 +319,27 @@ def test_every_preset_key_is_overridden_by_its_option():
 def test_bad_inputs_are_one_line_errors_with_nonzero_exit(eval_args, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     bad_templates = tmp_path / "t.txt"
     bad_templates.write_text("a photo of {}\nno placeholder here\n")
-    assert "no placeholder here" in _error(capsys, [*eval_args, "--templates", str(bad_templates)])
-    assert "unknown model 'ViT-Z/1'" in _error(capsys, [*eval_args, "--model", "ViT-Z/1"])
-    message = _error(capsys, [*eval_args, "--ensemble", "median"])
+    assert "no placeholder here" in helpers.cli_error(capsys, [*eval_args, "--templates", str(bad_templates)])
+    assert "unknown model 'ViT-Z/1'" in helpers.cli_error(capsys, [*eval_args, "--model", "ViT-Z/1"])
+    message = helpers.cli_error(capsys, [*eval_args, "--ensemble", "median"])
     assert "--ensemble" in message and "unknown method(s) median" in message
 
     truncated = tmp_path / "cut.pt"
     truncated.write_bytes(tiny_checkpoint.read_bytes()[:1000])
-    assert "truncated" in _error(capsys, [*eval_args, "--pretrained", str(truncated)])
+    assert "truncated" in helpers.cli_error(capsys, [*eval_args, "--pretrained", str(truncated)])
 
     many = tmp_path / "many.txt"
     many.write_text("\n".join(f"photo {i} of {{}}" for i in range(13)))
-    message = _error(capsys, [*eval_args, "--templates", str(many), "--sweep"])
+    message = helpers.cli_error(capsys, [*eval_args, "--templates", str(many), "--sweep"])
     assert "limited to 12 templates" in message and "--sweep" in message
 
     url = helpers.refused_url("cifar-100-python.tar.gz")
     monkeypatch.setitem(cifar.CIFAR, "cifar100", dataclasses.replace(cifar.CIFAR["cifar100"], url=url))
-    assert url in _error(capsys, [*eval_args, "--data-root", str(tmp_path / "empty")])
+    assert url in helpers.cli_error(capsys, [*eval_args, "--data-root", str(tmp_path / "empty")])
 
 
 def test_a_bad_split_names_the_valid_ones(eval_args, capsys):
-    message = _error(capsys, [*eval_args, "--split", "bogus"])
+    message = helpers.cli_error(capsys, [*eval_args, "--split", "bogus"])
     assert "'bogus'" in message and "test" in message and "train" in message
 
 
@@ -375,7 +367,9 @@ def test_bad_values_are_messages_not_tracebacks(eval_args, argv, words, capsys):
 def test_missing_openai_weights_fail_fast_with_the_download_error(cifar_root, tmp_path, capsys, monkeypatch):
     url = helpers.refused_url("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")
     monkeypatch.setitem(models.OPENAI_MODELS, "ViT-B/32", {**models.OPENAI_MODELS["ViT-B/32"], "url": url})
-    message = _error(capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)])
+    message = helpers.cli_error(
+        capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)]
+    )
     assert url in message and str(tmp_path / "ViT-B-32.pt") in message
     assert "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af" in message
 
@@ -384,7 +378,9 @@ def test_wrong_sha256_in_cache_without_network_says_so(cifar_root, tmp_path, cap
     url = helpers.refused_url("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")
     monkeypatch.setitem(models.OPENAI_MODELS, "ViT-B/32", {**models.OPENAI_MODELS["ViT-B/32"], "url": url})
     (tmp_path / "ViT-B-32.pt").write_bytes(b"partial download")
-    message = _error(capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)])
+    message = helpers.cli_error(
+        capsys, ["eval", "--preset", "seed", "--data-root", str(cifar_root), "--cache-dir", str(tmp_path)]
+    )
     assert "wrong SHA256" in message
 
 
@@ -402,15 +398,15 @@ def _no_work(monkeypatch):
 
 def test_compare_with_a_bogus_method_fails_before_any_work(eval_args, capsys, monkeypatch):
     _no_work(monkeypatch)
-    message = _error(capsys, ["compare", "bogus", "embedding", *eval_args[1:]])
+    message = helpers.cli_error(capsys, ["compare", "bogus", "embedding", *eval_args[1:]])
     assert "bogus" in message
-    message = _error(capsys, ["compare", "embedding", "template:9", *eval_args[1:]])  # the seed set has 5
+    message = helpers.cli_error(capsys, ["compare", "embedding", "template:9", *eval_args[1:]])  # the seed set has 5
     assert "template:9" in message
 
 
 def test_compare_error_does_not_name_an_option_compare_lacks(eval_args, capsys, monkeypatch):
     _no_work(monkeypatch)
-    message = _error(capsys, ["compare", "bogus", "embedding", *eval_args[1:]])
+    message = helpers.cli_error(capsys, ["compare", "bogus", "embedding", *eval_args[1:]])
     assert "--ensemble" not in message  # compare's methods are its A and B, not an --ensemble option
 
 
@@ -420,11 +416,11 @@ def test_an_unwritable_out_fails_before_any_work(eval_args, tmp_path, capsys, mo
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
     target = {"folder": tmp_path, "file-as-parent": blocker / "results.json"}[out]
-    message = _error(capsys, [*eval_args, "--out", str(target)])
+    message = helpers.cli_error(capsys, [*eval_args, "--out", str(target)])
     assert "--out" in message and str(target) in message
     for command in (["select", *eval_args[1:]], ["compare", "logit", "1", *eval_args[1:]]):
-        assert "--out" in _error(capsys, [*command, "--out", str(target)])
-    assert "--report" in _error(capsys, [*eval_args, "--report", str(blocker / "report")])
+        assert "--out" in helpers.cli_error(capsys, [*command, "--out", str(target)])
+    assert "--report" in helpers.cli_error(capsys, [*eval_args, "--report", str(blocker / "report")])
     assert blocker.read_text() == "keep me"
 
 
@@ -462,12 +458,12 @@ def test_a_failed_write_leaves_the_old_results_whole_after_printing_the_summary(
 def test_a_failed_write_is_one_line(eval_args, tmp_path, capsys, monkeypatch):
     out = tmp_path / "results.json"
     _results_write_fails(monkeypatch)
-    message = _error(capsys, [*eval_args, "--limit", "8", "--ensemble", "logit", "--out", str(out)])
+    message = helpers.cli_error(capsys, [*eval_args, "--limit", "8", "--ensemble", "logit", "--out", str(out)])
     assert str(out) in message and "No space left on device" in message
 
 
 def test_a_folder_dataset_without_data_root_names_the_flag(tiny_config, tiny_checkpoint, capsys):
-    message = _error(capsys, ["eval", "--dataset", "folder", "--model", str(tiny_config), "--quiet"])
+    message = helpers.cli_error(capsys, ["eval", "--dataset", "folder", "--model", str(tiny_config), "--quiet"])
     assert "--data-root" in message
 
 
@@ -477,7 +473,7 @@ def test_predict_with_an_unknown_class_set_does_not_suggest_it(tiny_config, tiny
 
     Image.new("RGB", (8, 8)).save(image)
     model = ["--model", str(tiny_config), "--pretrained", str(tiny_checkpoint)]
-    message = _error(capsys, ["predict", str(image), "--classes", "folder", *model])
+    message = helpers.cli_error(capsys, ["predict", str(image), "--classes", "folder", *model])
     assert "'folder'" in message and "cifar100" in message
     assert "(folder" not in message  # `folder` is a dataset format, not a set of class names
 
@@ -496,22 +492,22 @@ def test_eval_report_and_report_command_write_the_same_files(eval_args, tmp_path
         assert "<img" in (folder / "report.html").read_text() and "example" in (folder / "report.html").read_text()
     assert (tmp_path / "a" / "results.json").read_text() == out.read_text()
     assert "report: " in capsys.readouterr().out
-    assert "cannot read results" in _error(capsys, ["report", str(tmp_path / "missing.json")])
+    assert "cannot read results" in helpers.cli_error(capsys, ["report", str(tmp_path / "missing.json")])
 
 
 def test_report_refuses_what_is_not_an_eval_result_in_one_line(eval_args, tmp_path, capsys):
     (tmp_path / "empty.json").write_text("{}")
-    assert "not a clipzs results file" in _error(capsys, ["report", str(tmp_path / "empty.json")])
+    assert "not a clipzs results file" in helpers.cli_error(capsys, ["report", str(tmp_path / "empty.json")])
     (tmp_path / "list.json").write_text("[1, 2]")
-    assert "not a clipzs results file" in _error(capsys, ["report", str(tmp_path / "list.json")])
+    assert "not a clipzs results file" in helpers.cli_error(capsys, ["report", str(tmp_path / "list.json")])
     compared = tmp_path / "compare.json"
     assert main(["compare", "logit", "2", *eval_args[1:], "--limit", "6", "--out", str(compared)]) == 0
     capsys.readouterr()
-    message = _error(capsys, ["report", str(compared)])
+    message = helpers.cli_error(capsys, ["report", str(compared)])
     assert "clipzs compare" in message and "clipzs eval" in message
     cut = tmp_path / "cut.json"
     cut.write_text(compared.read_text()[:200])
-    assert "not valid JSON" in _error(capsys, ["report", str(cut)])
+    assert "not valid JSON" in helpers.cli_error(capsys, ["report", str(cut)])
     assert not any(p.name.endswith("-report") for p in tmp_path.iterdir())
 
 
@@ -674,5 +670,5 @@ def test_a_grid_of_datasets_writes_one_result_per_pair_and_the_grid(tiny_config,
     assert len((out / "grid.csv").read_text().strip().splitlines()) == 3  # a header and one row per pair
     assert (out / "grid.png").read_bytes().startswith(b"\x89PNG")
     assert "grid: " in capsys.readouterr().out
-    message = _error(capsys, [*argv])  # a grid needs a folder for its results
+    message = helpers.cli_error(capsys, [*argv])  # a grid needs a folder for its results
     assert "--out" in message

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -231,13 +232,7 @@ def test_the_cli_warning_about_an_unwritable_cache_names_the_flag(tmp_path, tiny
 @pytest.fixture
 def folder_dataset(tmp_path, cifar_root):
     """Twelve CIFAR images as PNG files, in class folders."""
-    root = tmp_path / "folder"
-    images = load_cifar("cifar100", cifar_root).subset(range(12))
-    for i in range(12):
-        folder = root / f"class{images.labels[i] % 3}"
-        folder.mkdir(parents=True, exist_ok=True)
-        images.load(i).save(folder / f"{i:02d}.png")
-    return root
+    return helpers.cifar_image_folder(tmp_path / "folder", cifar_root, 12, lambda i, label: f"class{label % 3}")
 
 
 def test_a_folder_dataset_is_cached_and_a_touched_file_is_encoded_again(run, folder_dataset):

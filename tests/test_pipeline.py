@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import helpers
 import pytest
 import torch
 
@@ -14,7 +15,6 @@ from clipzs import pipeline
 from clipzs.cli import main
 from clipzs.errors import ClipzsError
 from clipzs.results import EvalResult, from_json, read_result, to_json, write_result
-from clipzs.sources.cifar import load_cifar
 
 
 @pytest.fixture
@@ -65,15 +65,7 @@ def test_encode_fills_the_cache_so_that_eval_encodes_nothing(tiny_args, tmp_path
     out = tmp_path / "r.json"
     assert main(["eval", *tiny_args, *cache, "--ensemble", "logit", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["encoded"] == {"images": 0, "prompts": 0}
-    assert "--no-cache" in _error(capsys, ["encode", *tiny_args, *cache, "--no-cache"])
-
-
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clipzs: error: "), captured.err
-    return lines[0]
+    assert "--no-cache" in helpers.cli_error(capsys, ["encode", *tiny_args, *cache, "--no-cache"])
 
 
 # --- an unreadable image -------------------------------------------------------------------------------------------
@@ -82,12 +74,9 @@ def _error(capsys, argv) -> str:
 @pytest.fixture
 def folder_with_a_truncated_jpeg(tmp_path, cifar_root):
     """Nine CIFAR images as JPEG files in three class folders; class1/04.jpg is cut in half."""
-    root = tmp_path / "folder"
-    images = load_cifar("cifar100", cifar_root).subset(range(9))
-    for i in range(9):
-        folder = root / f"class{i % 3}"
-        folder.mkdir(parents=True, exist_ok=True)
-        images.load(i).save(folder / f"{i:02d}.jpg", quality=95)
+    root = helpers.cifar_image_folder(
+        tmp_path / "folder", cifar_root, 9, lambda i, _: f"class{i % 3}", ".jpg", quality=95
+    )
     broken = root / "class1" / "04.jpg"
     data = broken.read_bytes()
     broken.write_bytes(data[: len(data) // 2])

@@ -4,8 +4,6 @@ headline row and the best method, as CSV and markdown, and a heat map of the bes
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +14,7 @@ from ..errors import ClipzsError
 from ..results import EvalResult, Row
 from ..storage import write_atomic
 from .plots import plain, to_png
-from .tables import Table, markdown_table
+from .tables import Table, csv_text, markdown_table
 from .views import best_label, shown_path
 
 if TYPE_CHECKING:
@@ -87,12 +85,7 @@ def grid_rows(results: Sequence[EvalResult]) -> list[dict[str, object]]:
 
 def format_grid_csv(results: Sequence[EvalResult]) -> str:
     """`grid.csv`: `grid_rows` with floats at full precision."""
-    rows = grid_rows(results)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(grid_rows(results))
 
 
 def _pct(value: object) -> str:

@@ -59,11 +59,15 @@ def csv_rows(result: EvalResult) -> list[dict[str, object]]:
 
 def format_csv(result: EvalResult) -> str:
     """`results.csv`: `csv_rows` with floats at full precision (`repr`), so they parse back to the JSON values."""
-    found = csv_rows(result)
+    return csv_text(csv_rows(result))
+
+
+def csv_text(rows: list[dict]) -> str:
+    """CSV of dict rows, the first row's keys as the header."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(found[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(found)
+    writer.writerows(rows)
     return buffer.getvalue()
 
 
