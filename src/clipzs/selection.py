@@ -94,7 +94,8 @@ def _template_predictions(scores: Scores) -> torch.Tensor:
 
 
 def _addends(block: torch.Tensor, templates: torch.Tensor, names: frozenset[str], weights: Weights) -> dict:
-    """Addends [B, k, C] of each accumulator for some templates [k] of a block of scores [B, T, C]."""
+    """Addends [B, k, C] of each accumulator for some templates [k] of a block of scores [B, T, C]: `ensemble.addends`
+    in the block's own layout (through it, on a transposed view, the greedy step ran about 20 % slower)."""
     x = block.index_select(1, templates)
     found = {
         "logit": lambda: x,
