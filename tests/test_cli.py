@@ -350,6 +350,8 @@ def test_a_bad_split_names_the_valid_ones(eval_args, capsys):
         (["--batch-size", "0"], ["--batch-size", "at least 1"]),
         (["--workers", "-1"], ["--workers", "0 or more"]),
         (["--limit", "0"], ["--limit", "at least 1"]),
+        (["--limit", "abc"], ["--limit", "must be a whole number, got 'abc'"]),
+        (["--seed", "1.5"], ["--seed", "must be a whole number, got '1.5'"]),
     ],
 )
 def test_bad_values_are_messages_not_tracebacks(eval_args, argv, words, capsys):
@@ -402,6 +404,36 @@ def test_compare_with_a_bogus_method_fails_before_any_work(eval_args, capsys, mo
     assert "bogus" in message
     message = helpers.cli_error(capsys, ["compare", "embedding", "template:9", *eval_args[1:]])  # the seed set has 5
     assert "template:9" in message
+
+
+@pytest.mark.parametrize("spec", ["all", "logit,prob", "all:1+2"])
+def test_compare_takes_one_method_per_side(eval_args, capsys, monkeypatch, spec):
+    _no_work(monkeypatch)
+    message = helpers.cli_error(capsys, ["compare", spec, "embedding", *eval_args[1:]])
+    assert f"cannot read {spec!r}: name one method" in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--seed", "-1"], ["--seed must be 0 to 2**63 - 1, got -1"]),
+        (["--seed", str(2**64)], ["--seed must be 0 to 2**63 - 1"]),
+        (["--resamples", str(10**11)], ["--resamples must be 1 to 1,000,000"]),
+    ],
+)
+def test_a_seed_or_resample_count_the_bootstrap_cannot_use_fails_before_any_work(
+    eval_args, capsys, monkeypatch, argv, words
+):
+    _no_work(monkeypatch)
+    for command in (eval_args, ["select", *eval_args[1:]], ["compare", "logit", "1", *eval_args[1:]]):
+        message = helpers.cli_error(capsys, [*command, *argv])
+        assert all(w in message for w in words), message
+
+
+def test_out_in_a_folder_not_made_yet_is_written_there(eval_args, tmp_path):
+    out = tmp_path / "new" / "deeper" / "r.json"
+    assert main([*eval_args, "--limit", "4", "--ensemble", "logit", "--out", str(out)]) == 0
+    assert _results(out)["ensembles"][0]["method"] == "logit"
 
 
 def test_compare_error_does_not_name_an_option_compare_lacks(eval_args, capsys, monkeypatch):

@@ -1,6 +1,7 @@
 import os
 import pickle
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -166,6 +167,15 @@ def test_missing_and_misshaped_keys_are_named(tmp_path, tiny_config, tiny_state)
     assert "visual.extra_head.weight" in message
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "state_dict"])
+def test_integer_tensors_where_the_model_has_floats_are_named(tmp_path, tiny_config, tiny_state, fmt):
+    state = {k: v.to(torch.int32) if k == "ln_final.weight" else v for k, v in tiny_state.items()}
+    save = helpers.save_safetensors if fmt == "safetensors" else helpers.save_state_dict
+    path = save(state, tmp_path / ("int.safetensors" if fmt == "safetensors" else "int.pt"))
+    with pytest.raises(ClipzsError, match=r"1 mis-typed keys: ln_final\.weight int32 \(model wants floating point\)"):
+        load_model(str(tiny_config), str(path))
+
+
 def test_pickled_objects_are_refused(tmp_path, tiny_config, tiny_state):
     torch.save({"state_dict": tiny_state, "args": Path("anything")}, tmp_path / "pickled.pt")
     with pytest.raises(ClipzsError, match=r"objects other than tensors \(pathlib\.\w*Path\); refusing"):
@@ -267,9 +277,22 @@ def test_default_precision_follows_the_device():
     assert models.default_precision("cuda") == "fp16"
 
 
-def test_config_json_must_exist(tmp_path):
-    with pytest.raises(ClipzsError, match="model config file not found"):
-        load_model(str(tmp_path / "missing.json"))
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "no such config file"),
+        ("{", r"not a JSON config \(Expecting"),
+        ("[]", "lacks embed_dim and vision_cfg and text_cfg"),
+        ('{"embed_dim": 16, "vision_cfg": {}}', "lacks text_cfg"),
+    ],
+)
+def test_a_model_config_json_is_read_and_checked_before_use(tmp_path, text, message):
+    path = tmp_path / "model.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ClipzsError, match=rf"^model {re.escape(str(path))}:? .*{message}") as error:
+        load_model(str(path))
+    assert error.value.parameter == "model"
 
 
 def test_describe_model_reads_no_weights_and_hashes_a_file_once(tmp_path, monkeypatch, tiny_config, tiny_state):

@@ -47,6 +47,7 @@ def test_decode_names_the_image_it_cannot_read():
     with pytest.raises(UnreadableImage, match="cannot read image sample-7: ") as info:
         decode(b"not an image", "sample-7")
     assert info.value.name == "sample-7" and "\n" not in info.value.reason
+    assert info.value.reason == "cannot identify image file"  # without the repr of an in-memory file
     assert as_array(decode(encode(pixels(1)), "ok")).tolist() == pixels(1).tolist()
 
 

@@ -71,7 +71,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def checked_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """`state` as `model` names it, refused unless every parameter is present with its shape and no key is unknown.
+    """`state` as `model` names it, refused unless every parameter is present with its shape (floating point where
+    the model's is) and no key is unknown.
 
     `model` may live on the meta device: only names and shapes are compared.
     """
@@ -92,11 +93,18 @@ def checked_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
         for k in expected.keys() & state.keys()
         if state[k].shape != expected[k].shape
     )
-    problems = [
-        hf.listed(label, items)
-        for label, items in (("missing keys", missing), ("mis-shaped keys", misshaped), ("unexpected keys", unexpected))
-        if items
-    ]
+    mistyped = sorted(
+        f"{k} {str(state[k].dtype).removeprefix('torch.')} (model wants floating point)"
+        for k in expected.keys() & state.keys()
+        if expected[k].is_floating_point() and not state[k].is_floating_point()
+    )
+    found = (
+        ("missing keys", missing),
+        ("mis-shaped keys", misshaped),
+        ("mis-typed keys", mistyped),
+        ("unexpected keys", unexpected),
+    )
+    problems = [hf.listed(label, items) for label, items in found if items]
     if problems:
         raise ClipzsError(f"checkpoint {source} does not fit this model: " + "; ".join(problems))
     return state

@@ -39,15 +39,22 @@ SETUP_FLAGS: dict[str, str] = {}  # library parameter -> its flag, filled as the
 FALSE_FLAGS: dict[str, str] = {}  # parameter -> the flag that sets it False (`use_cache` -> `--no-cache`)
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -152,7 +159,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also each score method rebalanced to a uniform class marginal, without labels (+balanced)",
     )
-    _option(p, "--seed", type=int, help="seed of the bootstrap resamples (default 0)")
+    _option(p, "--seed", type=_whole, help="seed of the bootstrap resamples (default 0)")
     _add_scoring(p)
     p.add_argument("--report", type=Path, metavar="DIR", help="write results.json/.csv, summary.md, plots, report.html")
 
@@ -169,7 +176,7 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
     _option(p, "--ensemble", help="method(s) to select for (comma list; default embedding)")
     _option(p, "--select-split", help="split to choose on (default: train, else part of the evaluation split)")
     _option(p, "--select-size", type=_positive_int, help="images to choose on (default 5000)")
-    _option(p, "--seed", type=int, help="seed of the draw of those images and of the bootstrap (default 0)")
+    _option(p, "--seed", type=_whole, help="seed of the draw of those images and of the bootstrap (default 0)")
     _add_scoring(p)
 
 
@@ -182,7 +189,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     _add_setup_options(p)
-    _option(p, "--seed", type=int, help="seed of the bootstrap resamples (default 0)")
+    _option(p, "--seed", type=_whole, help="seed of the bootstrap resamples (default 0)")
     _add_scoring(p)
 
 

@@ -10,6 +10,16 @@ from .errors import ClipzsError
 
 _BOOTSTRAP_BLOCK = 1 << 22  # resampled indices drawn at once (32 MiB of int64)
 _QUANTILE_ROWS = 4096  # rows whose resampled means are sorted at once
+MAX_RESAMPLES = 1_000_000  # far beyond what a percentile interval needs (1,000 is the usual count)
+MAX_SEED = 2**63 - 1  # what both torch's and numpy's generators take
+
+
+def check_bootstrap(resamples: int, seed: int) -> None:
+    """Refuse, before any work, a resample count or a seed the bootstrap cannot use."""
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise ClipzsError(f"resamples must be 1 to {MAX_RESAMPLES:,}, got {resamples}", parameter="resamples")
+    if not 0 <= seed <= MAX_SEED:
+        raise ClipzsError(f"seed must be 0 to 2**63 - 1, got {seed}", parameter="seed")
 
 
 def topk_hits(class_scores: torch.Tensor | None, labels: torch.Tensor, k: int = 5) -> torch.Tensor | None:
@@ -44,10 +54,18 @@ class Resamples:
     def __init__(self, n: int, count: int = 1000, seed: int = 0):
         if n < 1 or count < 1:
             raise ClipzsError(f"bootstrap needs images and resamples >= 1, got {n} images and {count} resamples")
+        check_bootstrap(count, seed)
         self.n, self.count, self.seed = n, count, seed
         generator = torch.Generator().manual_seed(seed)
         block = max(1, _BOOTSTRAP_BLOCK // n)
-        self.counts = torch.empty(count, n, dtype=torch.int16)  # counts <= n, and beyond 32767 images ~ Poisson(1)
+        try:  # counts <= n, and beyond 32767 images ~ Poisson(1): int16 holds them
+            self.counts = torch.empty(count, n, dtype=torch.int16)
+        except RuntimeError as e:
+            raise ClipzsError(
+                f"the bootstrap's {count:,} resamples of {n:,} images need {2 * count * n / 2**30:.1f} GiB; "
+                "use fewer resamples",
+                parameter="resamples",
+            ) from e
         for start in range(0, count, block):
             draws = torch.randint(n, (min(block, count - start), n), generator=generator)
             ones = torch.ones(draws.shape, dtype=torch.int16)

@@ -141,6 +141,25 @@ def openai_name(name: str) -> str | None:
     return None
 
 
+def _check_model_config(path: Path) -> None:
+    """Refuse a model config file open_clip would skip without a word: it must be a JSON object with `embed_dim`,
+    `vision_cfg` and `text_cfg`, the last two objects themselves."""
+    if not path.is_file():
+        raise ClipzsError(f"model {path}: no such config file", parameter="model")
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ClipzsError(f"model {path}: not a JSON config ({first_line(e)})", parameter="model") from e
+    kinds = {"embed_dim": int, "vision_cfg": dict, "text_cfg": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(cfg, dict) or not isinstance(cfg.get(k), kind)]
+    if wrong:
+        raise ClipzsError(
+            f"model {path} is not an open_clip model config: it lacks {' and '.join(wrong)} "
+            "(it needs embed_dim, an integer, and the objects vision_cfg and text_cfg)",
+            parameter="model",
+        )
+
+
 def resolve(name: str, pretrained: str | None) -> tuple[str, str]:
     """The open_clip config name and pretrained source for a model name and optional pretrained value.
 
@@ -151,8 +170,7 @@ def resolve(name: str, pretrained: str | None) -> tuple[str, str]:
     import open_clip
 
     if name.endswith(".json"):
-        if not Path(name).is_file():
-            raise ClipzsError(f"model config file not found: {name}")
+        _check_model_config(Path(name))
         open_clip.add_model_config(name)
         return Path(name).stem, pretrained or RANDOM
     openai = openai_name(name)

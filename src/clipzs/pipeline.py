@@ -17,9 +17,9 @@ import torch
 from . import prompts as prompt_lib
 from ._version import __version__
 from .encoding import Encoding, encode, open_cache, prepare
-from .ensemble import MAX_SWEEP_TEMPLATES, SINGLE, all_subsets, parse_methods, ranks_method
+from .ensemble import MAX_SWEEP_TEMPLATES, METHODS, SINGLE, all_subsets, parse_methods, ranks_method
 from .errors import ClipzsError
-from .metrics import Resamples, mcnemar
+from .metrics import Resamples, check_bootstrap, mcnemar
 from .options import Setup
 from .results import (
     Best,
@@ -173,6 +173,7 @@ def evaluate(
     start = time.perf_counter()
     setup = _setup(options)
     methods = parse_methods(ensemble, balance)
+    check_bootstrap(resamples, seed)
     if sweep and template_count(setup) is not None:
         all_subsets(template_count(setup))  # refuse an impossible sweep before any work
     run, _ = _encoded(setup)
@@ -229,6 +230,7 @@ def select(
     """
     setup = _setup(options)
     methods = parse_methods(ensemble)
+    check_bootstrap(resamples, seed)
     if select_size < 1:
         raise ClipzsError(f"select_size must be at least 1, got {select_size}", parameter="select_size")
     start = time.perf_counter()
@@ -353,9 +355,11 @@ def parse_spec(spec: str, num_templates: int) -> tuple[str | None, tuple[int, ..
         raise ClipzsError(f"cannot read {spec!r}: use METHOD, METHOD:1+3 or template:N, templates 1..{num_templates}")
     if method is not None:
         try:
-            parse_methods(method)
+            one = parse_methods(method) == [method]
         except ClipzsError as e:
             raise ClipzsError(f"cannot read {spec!r}: {str(e).removeprefix('ensemble: ')}") from e
+        if not one:
+            raise ClipzsError(f"cannot read {spec!r}: name one method ({', '.join(METHODS)}), not {method!r}")
     return method, subset
 
 
@@ -370,6 +374,7 @@ def compare(a: str, b: str, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SE
     """Exact McNemar test between two methods or template subsets on the same images (see `parse_spec`)."""
     setup = _setup(options)
     check_specs([a, b], setup)
+    check_bootstrap(resamples, seed)
     run, _ = _encoded(setup)
     slots, labels = len(run.prompts.names), run.features.labels
     parsed = [parse_spec(spec, slots) for spec in (a, b)]

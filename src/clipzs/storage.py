@@ -20,9 +20,11 @@ TMP_PREFIX = ".tmp-"
 def write_atomic(path: Path, data: bytes) -> None:
     """Make `path` hold `data`, so that no reader and no crash (even power loss) ever sees it partly written.
 
-    A failure (full disk, read-only filesystem) leaves the old file whole and is a one-line ClipzsError."""
+    Missing folders above it are created. A failure (full disk, read-only filesystem) leaves the old file whole
+    and is a one-line ClipzsError."""
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()

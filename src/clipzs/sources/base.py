@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -54,11 +56,18 @@ def decode(data: bytes | str | os.PathLike, name: str) -> Image.Image:
                 img.load()
                 return to_rgb(img)
     except Exception as e:  # Pillow's decoders raise many types for damaged files (OSError, SyntaxError, ...)
-        raise UnreadableImage(name, one_line(e)) from e
+        raise UnreadableImage(name, re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", one_line(e))) from e
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open any PIL-readable image file as 8-bit RGB (see `to_rgb`); `UnreadableImage` if it cannot be decoded."""
+    """Open any PIL-readable image file as 8-bit RGB (see `to_rgb`); `UnreadableImage` if it cannot be decoded,
+    or is not a regular file (a folder, or a named pipe, which would be waited on for ever)."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as e:
+        raise UnreadableImage(str(path), e.strerror or one_line(e)) from e
+    if not regular:
+        raise UnreadableImage(str(path), "not a regular file")
     return decode(path, str(path))
 
 
@@ -118,8 +127,12 @@ class ArraySource(ImageSource):
     """Images held as one uint8 array [N, H, W, 3] (CIFAR, MNIST-like sets)."""
 
     def __init__(self, name: str, split: str, classes: Sequence[str], labels: np.ndarray, pixels: np.ndarray):
-        assert pixels.ndim == 4 and pixels.shape[3] == 3 and pixels.dtype == np.uint8, (pixels.shape, pixels.dtype)
-        assert len(pixels) == len(labels), (pixels.shape, labels.shape)
+        if not (pixels.ndim == 4 and pixels.shape[3] == 3 and pixels.dtype == np.uint8):
+            raise ClipzsError(
+                f"{name} {split}: images of shape {pixels.shape} ({pixels.dtype}), not [N, H, W, 3] uint8"
+            )
+        if len(pixels) != len(labels):
+            raise ClipzsError(f"{name} {split}: {len(pixels)} images but {len(labels)} labels; the files are damaged")
         self.name, self.split, self.classes = name, split, tuple(classes)
         self.labels, self.pixels = np.asarray(labels, dtype=np.int64), np.ascontiguousarray(pixels)
 
@@ -146,11 +159,11 @@ class PathSource(ImageSource):
         digest = hashlib.sha256()
         for path, label in zip(self.paths, self.labels.tolist(), strict=True):
             try:
-                stat = os.stat(path)
-                size, mtime = stat.st_size, stat.st_mtime_ns
+                info = os.stat(path)
+                size, mtime = info.st_size, info.st_mtime_ns
             except OSError:  # unreadable now: it will be reported when read; the key still names it
                 size = mtime = -1
-            digest.update(f"{os.path.abspath(path)}\0{size}\0{mtime}\0{label}\n".encode())
+            digest.update(f"{os.path.abspath(path)}\0{size}\0{mtime}\0{label}\n".encode(errors="surrogateescape"))
         return digest.hexdigest()
 
     def item_name(self, i: int) -> str:

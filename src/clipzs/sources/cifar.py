@@ -13,7 +13,7 @@ import numpy as np
 
 from ..download import fetch, file_digest
 from ..errors import ClipzsError
-from .base import ArraySource
+from .base import ArraySource, one_line
 
 DEFAULT_ROOT = "~/.cache"
 
@@ -81,6 +81,8 @@ def _read_batch(path: Path) -> dict[str, object]:
             batch = _ArraysOnly(f, encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise ClipzsError(f"cannot read CIFAR file {path}: {e}") from e
+    if not isinstance(batch, dict):
+        raise ClipzsError(f"{path} is not in CIFAR format: it holds a {type(batch).__name__}, not a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
@@ -125,6 +127,8 @@ def load_cifar(name: str, root: str | Path = DEFAULT_ROOT, split: str = "test", 
         classes = _names(meta[spec.names_key], folder)
     except KeyError as e:
         raise ClipzsError(f"{folder} is not in CIFAR format: no {e} in its files") from e
+    except (TypeError, ValueError) as e:  # numpy's words for ragged, None or non-numeric contents
+        raise ClipzsError(f"{folder} is not in CIFAR format: {one_line(e)}") from e
     if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32 or len(pixels) != len(labels):
         raise ClipzsError(f"{folder}: expected [N, 3072] pixels and N labels, got {pixels.shape} and {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):

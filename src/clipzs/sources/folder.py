@@ -3,6 +3,7 @@ of torchvision's `ImageFolder`; classes are the sorted folder names."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,34 @@ import numpy as np
 from ..errors import ClipzsError
 from .base import IMAGE_SUFFIXES, PathSource
 
+SPLIT_FOLDERS = frozenset({"train", "val", "valid", "validation", "test"})  # a root holding these holds splits
+
+
+def _unlistable(e: OSError) -> None:
+    raise ClipzsError(f"cannot list {e.filename}: {e.strerror or e}")
+
 
 def image_files(folder: Path) -> list[Path]:
-    """Every image file under `folder`, recursively, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every image file under `folder`, recursively (symbolic links to folders are not followed), sorted; a
+    ClipzsError if some folder cannot be listed, rather than its images silently missing."""
+    found = []
+    for parent, _, names in os.walk(folder, onerror=_unlistable):
+        found += [Path(parent, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
 def load_folder(root: str | Path, split: str | None = None, name: str = "folder") -> PathSource:
-    """Images under `root/<class>/` (or `root/<split>/<class>/` when that folder exists), classes sorted."""
+    """Images under `root/<class>/` (or `root/<split>/<class>/` when that folder exists), classes sorted. A split
+    that is not there is refused where the root holds split folders (`train`, `test`, ...) rather than classes."""
     root = Path(root).expanduser()
     if split and (root / split).is_dir():
         root = root / split
+    elif split and root.is_dir():
+        splits = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in SPLIT_FOLDERS)
+        if splits:
+            raise ClipzsError(
+                f"split {split!r} not found: no folder {root / split} (found {', '.join(splits)})", "split"
+            )
     if not root.is_dir():
         raise ClipzsError(f"image folder not found: {root}")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -24,6 +24,7 @@ from .base import PathSource, one_line
 COLUMNS = ("path", "label")
 CLASSNAMES = "classnames.txt"
 INDEX = re.compile(r"\d+")
+MAX_CLASSES = 1_000_000  # class indices without class names: far beyond any dataset, and still a list that fits
 
 
 def read_csv(path: Path) -> tuple[list[str], list[object]]:
@@ -80,7 +81,10 @@ def read_classnames(folder: Path) -> list[str] | None:
     file = folder / CLASSNAMES
     if not file.is_file():
         return None
-    names = [line.strip() for line in file.read_text(encoding="utf-8").strip().splitlines()]
+    try:
+        names = [line.strip() for line in file.read_text(encoding="utf-8").strip().splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipzsError(f"cannot read {file}: {one_line(e)}") from e
     if not names or not all(names) or len(set(names)) < len(names):
         raise ClipzsError(f"{file} must list each class once, one name per line, without blank lines")
     return names
@@ -92,12 +96,14 @@ def to_labels(values: list[object], classnames: list[str] | None, path: Path) ->
     if bad is not None:
         raise ClipzsError(f"{path}, row {bad + 1}: no label")
     if all(isinstance(v, int) or (isinstance(v, str) and INDEX.fullmatch(v)) for v in values):
-        labels = np.asarray([int(v) for v in values], dtype=np.int64)
-        classes = classnames or [str(k) for k in range(int(labels.max()) + 1)]
-        if labels.min() < 0 or labels.max() >= len(classes):
-            n = int(np.flatnonzero((labels < 0) | (labels >= len(classes)))[0])
-            raise ClipzsError(f"{path}, row {n + 1}: label {labels[n]} is not a class index below {len(classes)}")
-        return classes, labels
+        indices = [int(v) for v in values]
+        bound = len(classnames) if classnames else MAX_CLASSES
+        n = next((n for n, k in enumerate(indices) if not 0 <= k < bound), None)
+        if n is not None:
+            hint = "" if classnames else f" (without {CLASSNAMES} beside the table, classes are 0..the largest label)"
+            raise ClipzsError(f"{path}, row {n + 1}: label {indices[n]} is not a class index below {bound}{hint}")
+        labels = np.asarray(indices, dtype=np.int64)
+        return classnames or [str(k) for k in range(int(labels.max()) + 1)], labels
     names = [str(v) for v in values]
     classes = classnames or sorted(set(names))
     position = {name: k for k, name in enumerate(classes)}
@@ -122,10 +128,10 @@ def load_table(path: str | Path, fmt: str, split: str | None = None) -> PathSour
     files = [str(path.parent / os.path.expanduser(p)) for p in paths]
     absent = [f for f in files if not os.path.isfile(f)]
     if len(absent) == len(files):
-        raise ClipzsError(f"none of the {len(files)} image files in {path} exist (e.g. {absent[0]})")
+        raise ClipzsError(f"none of the {len(files)} image files in {path} exist as files (e.g. {absent[0]})")
     if absent:
         warnings.warn(
-            f"{len(absent)} of the {len(files)} image files in {path} do not exist (e.g. {absent[0]}); "
+            f"{len(absent)} of the {len(files)} image files in {path} do not exist as files (e.g. {absent[0]}); "
             "they will be reported as unreadable",
             ClipzsWarning,
             stacklevel=2,

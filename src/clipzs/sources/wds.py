@@ -57,12 +57,13 @@ def shard_error(url: str, e: BaseException) -> ClipzsError:
 
 
 def read_text(url: str, required: bool) -> str | None:
-    """A small text file read through `gopen`; None if it cannot be read and is not `required`."""
+    """A small text file read through `gopen`; None if it cannot be read and is not `required` (a local file that
+    is there must be readable, though: only its absence means there is none)."""
     try:
         with gopen(resolve(url)) as f:
             return f.read().decode("utf-8")
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        if required:
+        if required or os.path.lexists(resolve(url)):
             raise ClipzsError(f"cannot read {url}: {reason(e)}") from e
         return None
 
@@ -250,6 +251,8 @@ def load_wds(root: str | Path, split: str | None = None, name: str = "wds") -> W
     if not keys:
         raise ClipzsError(f"no labelled samples in the shards of {root} ({len(shards)} shards)")
     classes = lines(classnames)
+    if not all(classes):
+        raise ClipzsError(f"{prefix + CLASSNAMES + suffix} must name one class per line, without blank lines")
     bad = next((i for i, label in enumerate(labels) if label >= len(classes)), None)
     if bad is not None:
         raise ClipzsError(
