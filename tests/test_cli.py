@@ -8,6 +8,7 @@ import sys
 
 import helpers
 import pytest
+import torch
 
 from clipzs import cli, encoding, models, pipeline
 from clipzs import results as results_module
@@ -404,6 +405,13 @@ def test_compare_with_a_bogus_method_fails_before_any_work(eval_args, capsys, mo
     assert "bogus" in message
     message = helpers.cli_error(capsys, ["compare", "embedding", "template:9", *eval_args[1:]])  # the seed set has 5
     assert "template:9" in message
+
+
+def test_weights_that_give_features_that_are_not_finite_are_refused(eval_args, tiny_state, tmp_path, capsys):
+    nan = {k: torch.full_like(v, torch.nan) if k == "ln_final.weight" else v for k, v in tiny_state.items()}
+    path = helpers.save_state_dict(nan, tmp_path / "nan.pt")
+    message = helpers.cli_error(capsys, [*eval_args, "--pretrained", str(path), "--no-cache", "--limit", "4"])
+    assert "features of 500 of the 500 prompts are not finite (NaN or inf): its weights" in message
 
 
 @pytest.mark.parametrize("spec", ["all", "logit,prob", "all:1+2"])

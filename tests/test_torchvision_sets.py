@@ -114,6 +114,14 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     assert str(e.value).startswith(f"cannot download Food-101 into {tmp_path} with torchvision's Food101: <urlopen")
 
 
+def test_an_incomplete_copy_is_one_line_without_torchvisions_download_advice(tmp_path):
+    (tmp_path / "stl10_binary").mkdir()
+    (tmp_path / "stl10_binary" / "test_y.bin").write_bytes(b"")
+    with pytest.raises(ClipzsError) as e:
+        open_source("stl10", tmp_path, "test", download=False)
+    assert str(e.value).endswith("with torchvision's STL10: Dataset not found or corrupted.")  # no `download=True`
+
+
 def test_pcam_without_h5py_says_how_to_install(tmp_path, monkeypatch):
     (tmp_path / "pcam").mkdir()
     monkeypatch.setitem(sys.modules, "h5py", None)  # importing it now raises ImportError

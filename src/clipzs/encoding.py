@@ -7,6 +7,7 @@ fills the same cache chunks.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -151,6 +152,20 @@ def _has_tower(clip: ClipModel, tower: str) -> bool:
     return tower == "text" or not isinstance(clip.model.visual, NotLoaded)
 
 
+def _check_finite(features: Features, spec: ModelSpec) -> None:
+    """Refuse features that are not finite: every score, rank and interval computed from them would be noise."""
+    for what, values in (("prompts", features.text), ("images", features.image)):
+        bad = int((~torch.isfinite(values).all(dim=-1)).sum())
+        if bad:
+            raise ClipzsError(
+                f"the model's features of {bad} of the {values[..., 0].numel()} {what} are not finite (NaN or inf): "
+                f"its weights ({spec.pretrained}) are damaged, or overflow at precision {spec.precision}"
+            )
+    if not math.isfinite(features.logit_scale):
+        scale = features.logit_scale
+        raise ClipzsError(f"the model's logit scale is {scale}: its weights ({spec.pretrained}) are damaged")
+
+
 def encode(
     setup: Setup, source: ImageSource, spec: ModelSpec, clip: ClipModel | None = None, cache: FeatureCache | None = None
 ) -> Encoding:
@@ -226,6 +241,7 @@ def encode(
         labels=torch.from_numpy(source.labels)[index],
         logit_scale=logit_scale,
     )
+    _check_finite(features, spec)
     skipped = tuple(Skipped(i, source.item_name(i), reason) for i, reason in image.skipped.items())
     encoded = {"images": image.computed, "prompts": text.computed}
     note = getattr(image, "note", None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
@@ -74,7 +75,8 @@ def _construct(info: DatasetInfo, spec: TorchvisionSpec, root: Path, split: str,
         return _dataset_class(spec.cls)(str(root), **kwargs)
     except Exception as e:  # torchvision raises RuntimeError, OSError, URLError, ValueError, ... for bad or absent data
         action = f"download {info.title} into {root}" if download else f"read {info.title} ({split}) from {folder}"
-        raise ClipzsError(f"cannot {action} with torchvision's {spec.cls}: {one_line(e)}") from e
+        reason = re.sub(r"\s*You can use download=True to download it\.?", "", one_line(e))  # not a clipzs option
+        raise ClipzsError(f"cannot {action} with torchvision's {spec.cls}: {reason}") from e
 
 
 def _files(ds: Any) -> tuple[list[str], list[int]]:
