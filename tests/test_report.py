@@ -49,6 +49,7 @@ from clipzs.results import (
     Side,
     Skipped,
     read_result,
+    to_json,
     write_result,
 )
 from clipzs.sources.base import ArraySource, UnreadableImage
@@ -473,6 +474,35 @@ def test_report_needs_an_eval_result(result, tmp_path):
         write_report(make_selection(result), tmp_path / "r")
     assert not (tmp_path / "r").exists()
     assert require_eval(result) is result
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda d: d.update(classes=d["classes"][:1]), "labels outside 0..0 (the 1 classes)"),
+        (lambda d: d.update(labels=d["labels"][:-1]), "labels for num_images"),
+        (lambda d: d.update(single=[]), "single should hold one row per template"),
+        (lambda d: d["ensembles"][0].update(templates=[0, 99]), "templates [0, 99] are not a subset of 0.."),
+        (lambda d: d["ensembles"][0].update(templates=[1, 0]), "templates [1, 0] are not a subset of 0.."),
+        (lambda d: d["single"][0].update(acc1=5.0), "row 1 (single): an accuracy outside 0..1"),
+        (lambda d: d["best"].update(pred=d["best"]["pred"][:3]), "best.pred should hold"),
+    ],
+)
+def test_an_edited_result_whose_parts_disagree_is_one_error_naming_it(result, tmp_path, edit, words):
+    data = json.loads(json.dumps(to_json(result)))
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ClipzsError, match=f"^{re.escape(str(path))}: ") as info:
+        read_result(path)
+    assert words in str(info.value)
+
+
+def test_json_nested_too_deeply_is_one_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ClipzsError, match="its JSON is nested too deeply$"):
+        read_result(path)
 
 
 def make_selection(result: EvalResult) -> SelectResult:

@@ -318,7 +318,32 @@ def from_json(data: object, source: str = "results") -> Result:
     run_names = {f.name for f in fields(Run)}
     body = {k: v for k, v in data.items() if k not in run_names}
     body["run"] = {k: v for k, v in data.items() if k in run_names}
-    return _build(KINDS[kind], body, source)
+    result = _build(KINDS[kind], body, source)
+    if isinstance(result, EvalResult):
+        _check_eval(result, source)
+    return result
+
+
+def _check_eval(result: EvalResult, source: str) -> None:
+    """Refuse an eval result whose parts disagree (an edited or spliced file), naming the first disagreement:
+    the report indexes the classes, templates and images by these numbers."""
+    classes, slots, n = len(result.run.classes), len(result.run.templates), len(result.labels)
+    if n != result.run.num_images:
+        raise _fail(source, f"{n} labels for num_images {result.run.num_images}")
+    if any(not 0 <= label < classes for label in result.labels):
+        raise _fail(source, f"labels outside 0..{classes - 1} (the {classes} classes)")
+    if [row.templates for row in result.single] != [(t,) for t in range(slots)]:
+        raise _fail(source, f"single should hold one row per template, templates 0..{slots - 1} in order")
+    for k, row in enumerate((*result.single, *result.ensembles)):
+        where = f"{source}: row {k + 1} ({row.method or 'single'})"
+        if not row.templates or list(row.templates) != sorted(set(row.templates)) or row.templates[-1] >= slots:
+            raise ClipzsError(f"{where}: templates {list(row.templates)[:20]} are not a subset of 0..{slots - 1}")
+        rates = [row.acc1, row.acc5, row.mean_per_class_recall, *(row.acc1_ci or ()), *(row.acc5_ci or ())]
+        if not all(0 <= r <= 1 for r in rates if r is not None):
+            raise ClipzsError(f"{where}: an accuracy outside 0..1")
+    best = result.best
+    if best is not None and (len(best.pred) != n or any(not 0 <= p < classes for p in best.pred)):
+        raise _fail(source, f"best.pred should hold {n} predictions in 0..{classes - 1}")
 
 
 def read_result(path: str | Path) -> Result:
@@ -330,6 +355,8 @@ def read_result(path: str | Path) -> Result:
         raise ClipzsError(f"cannot read results {path}: {e.strerror if isinstance(e, OSError) else e}") from e
     except json.JSONDecodeError as e:
         raise ClipzsError(f"{path} is not valid JSON (truncated?): {e}") from e
+    except RecursionError as e:
+        raise ClipzsError(f"{path} is not a clipzs results file: its JSON is nested too deeply") from e
     return from_json(data, str(path))
 
 
