@@ -712,3 +712,21 @@ def test_a_grid_of_datasets_writes_one_result_per_pair_and_the_grid(tiny_config,
     assert "grid: " in capsys.readouterr().out
     message = helpers.cli_error(capsys, [*argv])  # a grid needs a folder for its results
     assert "--out" in message
+
+
+def test_a_grid_checks_every_dataset_first_and_names_models_apart(tiny_config, cifar_root, tmp_path, capsys):
+    for folder in ("a", "b"):  # two configs of one file name in two folders
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.json").write_text(tiny_config.read_text())
+    models = f"{tmp_path / 'a' / 'm.json'},{tmp_path / 'b' / 'm.json'}"
+    argv = ["eval", "--model", models, "--pretrained", "random", "--data-root", str(cifar_root), "--quiet"]
+    argv += ["--templates", "seed", "--ensemble", "logit", "--limit", "4", "--no-cache"]
+    typo = helpers.cli_error(capsys, [*argv, "--dataset", "cifar100,cifar1000", "--out", str(tmp_path / "typo")])
+    assert "unknown dataset 'cifar1000'" in typo and not (tmp_path / "typo").exists()  # nothing evaluated first
+    report = [*argv, "--dataset", "cifar100", "--out", str(tmp_path / "g"), "--report", str(tmp_path / "r")]
+    assert "--report makes the report of one run" in helpers.cli_error(capsys, report)
+    assert main([*argv, "--dataset", "cifar100", "--out", str(tmp_path / "g")]) == 0
+    written = sorted(p.name for p in (tmp_path / "g").glob("*.json"))
+    assert len(written) == 2 and written[0].endswith("_a_m.json") and written[1].endswith("_b_m.json")
+    rows = (tmp_path / "g" / "grid.md").read_text()
+    assert "m.json [1]" in rows and "m.json [2]" in rows

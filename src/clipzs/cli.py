@@ -297,21 +297,36 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_names(models: list[str]) -> dict[str, str]:
+    """A file-name part for each model: a config file's stem, or the name itself (`ViT-B/32` as `ViT-B_32`);
+    the whole path where two config files share a stem."""
+    short = {m: Path(m).stem if m.endswith(".json") else m for m in models}
+    taken = list(short.values())
+    named = {m: m.removesuffix(".json") if taken.count(short[m]) > 1 else short[m] for m in models}
+    return {m: re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") for m, name in named.items()}
+
+
 def _run_grid(args: argparse.Namespace, options: dict, datasets: list[str], models: list[str]) -> int:
     if args.out is None:
         raise ClipzsError("several datasets or models need --out DIR for their results")
+    if args.report is not None:
+        raise ClipzsError("--report makes the report of one run; a grid's table and heat map are written to --out")
     from . import pipeline
+    from .catalogue import get
     from .report import format_summary, write_grid
     from .results import write_result
+    from .sources import GENERIC
 
+    for dataset in datasets:  # a mistyped name fails now, not after the pairs before it
+        if dataset not in GENERIC:
+            get(dataset)
+    names = _file_names(models)
     results = []
     for dataset in datasets:
         for model in models:
             result = pipeline.evaluate(**{**options, "dataset": dataset, "model": model})
             print(format_summary(result), end="\n\n")
-            args.out.mkdir(parents=True, exist_ok=True)
-            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}--{Path(model).name.removesuffix('.json')}")
-            write_result(result, args.out / f"{stem}.json")
+            write_result(result, args.out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}--{names[model]}.json")
             results.append(result)
     written = write_grid(results, args.out)
     print(f"grid: {written['markdown']}")

@@ -29,14 +29,20 @@ def _dataset(result: EvalResult) -> str:
 
 
 def _models(results: Sequence[EvalResult]) -> list[str]:
-    """Each result's model as a column name: with its pretrained weights where one model has several."""
+    """Each result's model as a column name: with its pretrained weights where one model has several, and numbered
+    (`m.json [2]`) where config files in other folders share a file name (a report shows no folder)."""
     weights: dict[str, set[str]] = {}
+    shown: dict[str, list[str]] = {}
     for r in results:
         weights.setdefault(r.run.model, set()).add(r.run.pretrained)
-    return [
-        shown_path(r.run.model) + (f" ({shown_path(r.run.pretrained)})" if len(weights[r.run.model]) > 1 else "")
-        for r in results
-    ]
+        same = shown.setdefault(shown_path(r.run.model), [])
+        same += [] if r.run.model in same else [r.run.model]
+    names = []
+    for r in results:
+        same = shown[shown_path(r.run.model)]
+        name = shown_path(r.run.model) + (f" [{same.index(r.run.model) + 1}]" if len(same) > 1 else "")
+        names.append(name + (f" ({shown_path(r.run.pretrained)})" if len(weights[r.run.model]) > 1 else ""))
+    return names
 
 
 def _templates(row: Row) -> str:
