@@ -20,8 +20,17 @@ TMP_PREFIX = ".tmp-"
 def write_atomic(path: Path, data: bytes) -> None:
     """Make `path` hold `data`, so that no reader and no crash (even power loss) ever sees it partly written.
 
-    Missing folders above it are created. A failure (full disk, read-only filesystem) leaves the old file whole
-    and is a one-line ClipzsError."""
+    Missing folders above it are created. A symbolic link keeps pointing where it did: its target is replaced. A
+    path that is not a regular file (`/dev/stdout`, a named pipe) is written through, as nothing can be renamed
+    over it. A failure (full disk, read-only filesystem) leaves the old file whole and is a one-line ClipzsError."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise ClipzsError(f"cannot write {path}: {e.strerror or e}") from e
+        return
+    path = Path(os.path.realpath(path))
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
