@@ -14,6 +14,7 @@ import pytest
 
 from clipzs import cache
 from clipzs.cache import CorruptCacheWarning, FeatureCache, default_root, describe_size
+from clipzs.errors import ClipzsError
 
 KEY = {"model": "ViT-B/32", "checkpoint": "sha256:ab", "precision": "fp32", "dataset": "cifar100", "split": "test"}
 
@@ -118,7 +119,7 @@ def test_write_missing_load(tmp_path):
     entry.write(4, x[4:8])
     assert entry.missing() == [(0, 4), (8, 10)]
     assert not entry.complete
-    with pytest.raises(RuntimeError, match=r"\(0, 4\)"):
+    with pytest.raises(ClipzsError, match=r"lacks rows \[\(0, 4\), \(8, 10\)\]: cleared or damaged while"):
         entry.load()
     resumed = FeatureCache(tmp_path).images(KEY, 10, 3)  # a new run with another chunk size
     assert resumed.missing() == [(0, 3), (3, 4), (8, 10)]
@@ -172,7 +173,7 @@ def test_load_reports_a_chunk_corrupted_after_missing(tmp_path):
     entry.write(0, expected(4, 2))
     assert entry.complete
     chunk_files(entry)[0].write_bytes(b"\x93NUMPY truncated")
-    with pytest.warns(CorruptCacheWarning), pytest.raises(RuntimeError):
+    with pytest.warns(CorruptCacheWarning), pytest.raises(ClipzsError, match="lacks rows"):
         entry.load()
     assert entry.missing() == [(0, 4)]
 

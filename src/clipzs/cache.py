@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ClipzsError
 from .storage import TMP_PREFIX, write_atomic
 
 ENV = "CLIPZS_FEATURE_CACHE"
@@ -225,7 +226,8 @@ class ImageEntry(_Entry):
         return reasons
 
     def load(self) -> np.ndarray:
-        """All features [N, D] float32, verified; RuntimeError if rows are missing (write `missing()` first)."""
+        """All features [N, D] float32, verified; a ClipzsError if rows are missing: not written yet (write
+        `missing()` first), or gone since (cleared by another process, or damaged and removed)."""
         out: np.ndarray | None = None
         covered = np.zeros(self.num_items, dtype=bool)
         for start, stop, rows in self._verified():
@@ -236,7 +238,10 @@ class ImageEntry(_Entry):
             out[start:stop] = rows
             covered[start:stop] = True
         if out is None or not covered.all():
-            raise RuntimeError(f"{self.path}: rows {_gaps(covered, self.num_items)} are not stored")
+            raise ClipzsError(
+                f"the feature cache {self.path} lacks rows {_gaps(covered, self.num_items)}: cleared or damaged "
+                "while this run used it? Run again to encode them"
+            )
         return out
 
 
