@@ -295,3 +295,16 @@ def test_entries_and_clear(tmp_path):
 )
 def test_describe_size(n, text):
     assert describe_size(n) == text
+
+
+def test_clear_removes_entries_only_not_other_folders_beside_them(tmp_path):
+    store = FeatureCache(tmp_path)
+    store.images(KEY, 4, 4).write(0, expected(4, 2))
+    for kind, folder in (("images", "album"), ("text", "drafts")):  # a user's own files, in a folder named wrongly
+        (tmp_path / kind / folder).mkdir(parents=True)
+        (tmp_path / kind / folder / "keep.txt").write_text("mine")
+    assert [info.kind for info in store.entries()] == ["images"]
+    assert store.clear() > 0
+    assert (tmp_path / "images" / "album" / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "text" / "drafts" / "keep.txt").read_text() == "mine"
+    assert store.entries() == []

@@ -1,5 +1,6 @@
 """The feature cache seen from `evaluate`: hits and misses are counted (`run.encoded`), never timed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -164,6 +165,17 @@ def test_a_wds_run_killed_mid_encoding_resumes_without_encoding_its_chunks_again
     resumed = run(dataset="wds", data_root=wds_dataset, batch_size=4)
     assert resumed.run.encoded == {"images": 40 - 16, "prompts": 0}
     assert _metrics(resumed) == _metrics(run(dataset="wds", data_root=wds_dataset, use_cache=False))
+
+
+def test_an_edited_model_config_is_another_model_to_the_cache(run, tmp_path):
+    config = tmp_path / "edited.json"
+    config.write_text(run.model.read_text())
+    assert run(model=str(config), pretrained="random").run.encoded == {"images": 40, "prompts": 500}
+    assert run(model=str(config), pretrained="random").run.encoded == {"images": 0, "prompts": 0}
+    cfg = json.loads(config.read_text())
+    cfg["text_cfg"]["layers"] += 1  # the same name and file, another architecture
+    config.write_text(json.dumps(cfg))
+    assert run(model=str(config), pretrained="random").run.encoded == {"images": 40, "prompts": 500}
 
 
 def test_cache_list_and_clear_by_model(run, capsys):

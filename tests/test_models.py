@@ -295,6 +295,17 @@ def test_a_model_config_json_is_read_and_checked_before_use(tmp_path, text, mess
     assert error.value.parameter == "model"
 
 
+def test_a_checkpoint_folder_that_is_a_file_is_one_error(tmp_path, tiny_config, tiny_checkpoint, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ClipzsError, match=rf"^cache_dir {re.escape(str(blocker))} is a file, not a folder$") as e:
+        describe_model(str(tiny_config), str(tiny_checkpoint), cache_dir=blocker)
+    assert e.value.parameter == "cache_dir"
+    monkeypatch.setenv("CLIPZS_CACHE", str(blocker))
+    with pytest.raises(ClipzsError, match=r"^the checkpoint folder \(\$CLIPZS_CACHE or ~/.cache/clip\) .* is a file"):
+        describe_model("ViT-B/32")
+
+
 def test_describe_model_reads_no_weights_and_hashes_a_file_once(tmp_path, monkeypatch, tiny_config, tiny_state):
     path = helpers.save_safetensors(tiny_state, tmp_path / "tiny.safetensors")
     hashed = []

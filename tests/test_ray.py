@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -322,6 +323,19 @@ def test_eval_on_ray_gives_the_local_results_and_a_second_run_encodes_nothing(lo
     assert first["encoded"] == expected["encoded"] and second["encoded"] == {"images": 0, "prompts": 0}
     images = [sorted((tmp_path / cache / "images").glob("*/chunk-*")) for cache in ("local-cache", "ray-cache")]
     assert [p.name for p in images[0]] == [p.name for p in images[1]] != []
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_at_once():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        engine._check_reachable(f"127.0.0.1:{port}")  # something answers: Ray is left to join it
+        engine._check_reachable(f"ray://127.0.0.1:{port}")
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):  # closed now
+        with pytest.raises(ClipzsError, match=rf"^cannot join the Ray cluster at {address}: Connection refused$"):
+            engine._check_reachable(address)
+    engine._check_reachable("auto")  # not host:port: Ray's to resolve
 
 
 def test_without_ray_engine_ray_is_one_line(tiny_args, monkeypatch, capsys):

@@ -47,6 +47,7 @@ STALE_S = 24 * 3600  # an uncommitted file this old belongs to a killed run; a y
 _TMP = TMP_PREFIX
 _CHUNK = re.compile(r"chunk-(\d{10})-(\d{10})-([0-9a-f]{64})\.npy")
 _RECORD = re.compile(r"([0-9a-f]{64})\.json")
+_ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # an entry folder: the first 32 hex digits of its identity's SHA256
 _FACTS = re.compile(r"facts-([0-9a-f]{64})\.json")
 _SKIPPED = re.compile(r"skipped-(\d{10})-(\d{10})-([0-9a-f]{64})\.json")
 
@@ -351,7 +352,7 @@ class FeatureCache:
         self.root = Path(root).expanduser() if root is not None else default_root()
 
     def _path(self, identity: dict) -> Path:
-        return self.root / identity["kind"] / _sha256(_canonical(identity))[:32]
+        return self.root / identity["kind"] / _sha256(_canonical(identity))[:32]  # an _ENTRY_NAME
 
     def images(self, key: dict, num_items: int, chunk_size: int) -> ImageEntry:
         """The entry for the features [num_items, D] that `key` (a JSON-able dict) determines."""
@@ -366,11 +367,14 @@ class FeatureCache:
         return TextEntry(self._path(identity), identity)
 
     def entries(self) -> list[EntryInfo]:
-        """Every entry under the root, images first; cheap enough for a listing (no feature file is read)."""
+        """Every entry under the root, images first; cheap enough for a listing (no feature file is read). Only
+        folders named as entries are (32 hex digits): anything else there is not clipzs's, to list or to clear."""
         infos = []
         for kind in KINDS:
             folder = self.root / kind
             for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if not _ENTRY_NAME.fullmatch(path.name):
+                    continue
                 try:
                     infos.append(self._info(kind, path))
                 except (FileNotFoundError, NotADirectoryError):  # removed by a concurrent `clear`, or a stray file

@@ -7,10 +7,12 @@ fills the same cache chunks.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,15 +67,27 @@ def prepare(setup: Setup) -> tuple[ImageSource, ModelSpec]:
     return found[0], found[1]
 
 
+def _config_digests(spec: ModelSpec) -> dict[str, str]:
+    """SHA256 of the model's config files (a `--model` .json, a transformers or open_clip config): editing one
+    changes the architecture under the same name, so it must change the cache key too."""
+    files = [Path(spec.name) if spec.name and spec.name.endswith(".json") else None, spec.config_file]
+    return {
+        f"config_sha256_{k}": hashlib.sha256(f.read_bytes()).hexdigest()
+        for k, f in enumerate(files)
+        if f is not None and f.is_file()
+    }
+
+
 def feature_keys(spec: ModelSpec, source: ImageSource) -> tuple[dict, dict]:
-    """Cache keys: text features depend on the model and its numerics; image features also on the
-    preprocessing and the exact images."""
+    """Cache keys: text features depend on the model (its config files' contents included) and its numerics;
+    image features also on the preprocessing and the exact images."""
     text = {
         "model": spec.name,
         "config": spec.config,
         "checkpoint": spec.checkpoint,
         "precision": spec.precision,
         "device": spec.device.type,
+        **_config_digests(spec),
     }
     image = {
         **text,

@@ -364,6 +364,9 @@ def describe_model(
     device = parse_device(device)
     precision = parse_precision(precision, device)
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        named = "cache_dir" if cache_dir else "the checkpoint folder ($CLIPZS_CACHE or ~/.cache/clip)"
+        raise ClipzsError(f"{named} {folder} is a file, not a folder", "cache_dir" if cache_dir else None)
     key = json.dumps([__version__, name, pretrained, str(device), precision, str(folder.resolve())])
     remembered = _remembered_spec(folder / SPECS, key)
     if remembered is not None:

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -58,12 +59,29 @@ def import_ray() -> Any:
     return ray
 
 
+REACH_TIMEOUT_S = 10.0  # Ray itself retries an unreachable cluster for many minutes
+
+
+def _check_reachable(address: str) -> None:
+    """A ClipzsError now if nothing answers at a `host:port` (or `ray://host:port`) address, rather than Ray's
+    retries; other forms (`auto`, `local`) are left to Ray."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
+    if found is None:
+        return
+    try:
+        socket.create_connection((found[1], int(found[2])), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        reason = e.strerror or one_line(e) or "no answer"
+        raise ClipzsError(f"cannot join the Ray cluster at {address}: {reason}", parameter="ray_address") from e
+
+
 def connect(address: str | None = None) -> Any:
     """Ray, joined to the cluster at `address` (default: `RAY_ADDRESS`, else a new local instance); a process
     already connected keeps its connection."""
     ray = import_ray()
     if not ray.is_initialized():
         local = address is None and not os.environ.get("RAY_ADDRESS")
+        _check_reachable(address or os.environ.get("RAY_ADDRESS", ""))
         try:
             ray.init(address=address, logging_level=logging.ERROR, **({"include_dashboard": False} if local else {}))
         except (ConnectionError, RuntimeError, ValueError) as e:
