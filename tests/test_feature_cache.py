@@ -191,6 +191,15 @@ def test_cache_list_and_clear_by_model(run, capsys):
     assert run().run.encoded == {"images": 40, "prompts": 500}
 
 
+@pytest.mark.parametrize("action", ["list", "clear"])
+def test_cache_commands_on_a_file_are_one_line(tmp_path, capsys, action):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    message = helpers.cli_error(capsys, ["cache", action, "--feature-cache", str(blocker)])
+    assert message == f"clipzs: error: the feature cache {blocker} is a file, not a folder"
+    assert blocker.read_text() == "not a folder"
+
+
 def test_cache_clear_that_cannot_remove_is_one_line(run, tmp_path, capsys, monkeypatch):
     run()
     capsys.readouterr()

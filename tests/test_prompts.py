@@ -158,3 +158,10 @@ def test_overlong_prompts_are_named_with_their_token_counts():
     assert counts == [(long_a, 107), (long_b, 107)]
     assert bool((tokenizer([long_a]) == tokenizer([long_b])).all())  # why they are reported: cut, they are equal
     assert overlong_prompts(["a b c"], lambda p: len(p.split()) + 2, context_length=4) == [("a b c", 5)]
+
+
+def test_a_json_of_class_sentences_is_refused_where_templates_with_braces_are_needed(tmp_path):
+    sentences = tmp_path / "cupl.json"
+    sentences.write_text('{"cat": ["a fluffy cat"], "dog": ["a loyal dog"]}')
+    with pytest.raises(ClipzsError, match=r"a \.json of class-specific sentences is for eval, select and compare"):
+        load_templates(str(sentences))

@@ -420,6 +420,8 @@ def run_cache(args: argparse.Namespace) -> int:
     from .cache import FeatureCache, describe_size
 
     cache = FeatureCache(args.feature_cache)
+    if cache.root.exists() and not cache.root.is_dir():
+        raise ClipzsError(f"the feature cache {cache.root} is a file, not a folder")
     if args.action == "clear":
         try:
             freed = cache.clear(model=args.model)

@@ -79,6 +79,12 @@ def load_templates(spec: str, dataset: str | None = None, own: Sequence[str] | N
             f"templates {spec!r} is neither a built-in set ({', '.join(BUILTIN_TEMPLATES)}), {DATASET_TEMPLATES!r}, "
             "a catalogued dataset nor a file"
         )
+    if path.suffix.lower() == ".json":  # class-specific sentences: `read_prompts` reads them, for eval and select
+        raise ClipzsError(
+            f"templates {spec}: a .json of class-specific sentences is for eval, select and compare; "
+            "here give templates with {} (a set name or a text file, one per line)",
+            parameter="templates",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
