@@ -604,6 +604,10 @@ def test_datasets_list_says_which_are_found(tmp_path, cifar_root, capsys):
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert " yes " in rows["cifar100"] and " yes " not in rows["cifar10"]
     assert "test,train" in rows["cifar100"] and str(cifar_root) in rows["cifar100"]
+    (tmp_path / "imagenet").mkdir()  # made, but nothing copied into it yet
+    assert main(["datasets", "list", "--data-root", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert " empty " in rows["imagenet1k"] and " yes " not in rows["imagenet1k"]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["templates", "list"]])

@@ -142,6 +142,9 @@ def test_imagenet_v2_index_folders_are_labels(tmp_path, fake_catalogue):
     shutil.move(tmp_path / "v2-folder" / "4", tmp_path / "v2-folder" / "5")
     with pytest.raises(ClipzsError, match=r"class-index folders outside 0..4 of fake-v2: 5$"):
         open_source("fake-v2", tmp_path)
+    shutil.move(tmp_path / "v2-folder" / "5", tmp_path / "v2-folder" / "004")
+    with pytest.raises(ClipzsError, match=r"class-index folders with leading zeros \(write 7, not 007\): 004$"):
+        open_source("fake-v2", tmp_path)
 
 
 def test_imagenet_r_style_subset_labels_index_its_own_classes(tmp_path, fake_catalogue):

@@ -450,7 +450,7 @@ def run_datasets(args: argparse.Namespace) -> int:
         info = catalogue.get(name)
         root = Path(args.data_root or info.default_root).expanduser()
         where = root / info.folder if info.folder else root
-        found = "yes" if where.exists() else ""
+        found = ("yes" if any(where.iterdir()) else "empty") if where.is_dir() else "yes" if where.exists() else ""
         print(
             f"{name:<16} {len(info.classes):>7} {len(info.templates):>9}  {','.join(info.splits):<23} {found:<5}  "
             f"{where}"

@@ -65,7 +65,10 @@ def label_folders(folders: dict[str, Path], wnids: tuple[str, ...], title: str, 
         if unknown:
             raise ClipzsError(f"{where} has class folders that are not {title} classes: {_names(unknown)}")
         return {position[name]: path for name, path in folders.items()}
-    outside = sorted((name for name in folders if int(name) >= len(wnids) or name != str(int(name))), key=int)
+    padded = sorted((name for name in folders if name != str(int(name))), key=int)
+    if padded:
+        raise ClipzsError(f"{where} has class-index folders with leading zeros (write 7, not 007): {_names(padded)}")
+    outside = sorted((name for name in folders if int(name) >= len(wnids)), key=int)
     if outside:
         raise ClipzsError(f"{where} has class-index folders outside 0..{len(wnids) - 1} of {title}: {_names(outside)}")
     return {int(name): path for name, path in folders.items()}
