@@ -59,8 +59,8 @@ def test_a_mistyped_split_is_refused_where_the_root_holds_split_folders(tmp_path
     with pytest.raises(ClipzsError, match=r"^split 'tset' not found: no folder .*tset \(found test, train\)$"):
         load_folder(tmp_path, "tset")
     assert load_folder(tmp_path, "test").classes == ("cat", "dog")
-    plain = write_class_folders(tmp_path / "plain", {"cat": 1}, suffix=".png")
-    assert load_folder(plain, "anything").split == "anything"  # class folders at the root: the split is a label
+    plain = write_class_folders(tmp_path / "plain", {"cat": 1, "train": 1}, suffix=".png")  # CIFAR-100 has "train"
+    assert load_folder(plain, "test").classes == ("cat", "train")  # class folders at the root: the split is a label
 
 
 def test_a_class_folder_that_cannot_be_listed_is_an_error_not_an_empty_class(tmp_path, monkeypatch):

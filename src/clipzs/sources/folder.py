@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import ClipzsError
 from .base import IMAGE_SUFFIXES, PathSource
 
-SPLIT_FOLDERS = frozenset({"train", "val", "valid", "validation", "test"})  # a root holding these holds splits
+SPLIT_FOLDERS = frozenset({"train", "val", "valid", "validation", "test"})  # a root holding only these holds splits
 
 
 def _unlistable(e: OSError) -> None:
@@ -29,15 +29,15 @@ def image_files(folder: Path) -> list[Path]:
 
 def load_folder(root: str | Path, split: str | None = None, name: str = "folder") -> PathSource:
     """Images under `root/<class>/` (or `root/<split>/<class>/` when that folder exists), classes sorted. A split
-    that is not there is refused where the root holds split folders (`train`, `test`, ...) rather than classes."""
+    that is not there is refused where the root holds only split folders (`train`, `test`, ...), not classes."""
     root = Path(root).expanduser()
     if split and (root / split).is_dir():
         root = root / split
     elif split and root.is_dir():
-        splits = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name in SPLIT_FOLDERS)
-        if splits:
+        folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if folders and set(folders) <= SPLIT_FOLDERS:  # split folders, not classes (CIFAR-100 has a class "train")
             raise ClipzsError(
-                f"split {split!r} not found: no folder {root / split} (found {', '.join(splits)})", "split"
+                f"split {split!r} not found: no folder {root / split} (found {', '.join(folders)})", "split"
             )
     if not root.is_dir():
         raise ClipzsError(f"image folder not found: {root}")
