@@ -484,6 +484,7 @@ def test_report_needs_an_eval_result(result, tmp_path):
         (lambda d: d.update(single=[]), "single should hold one row per template"),
         (lambda d: d["ensembles"][0].update(templates=[0, 99]), "templates [0, 99] are not a subset of 0.."),
         (lambda d: d["ensembles"][0].update(templates=[1, 0]), "templates [1, 0] are not a subset of 0.."),
+        (lambda d: d["ensembles"][0].update(templates=[-1, 0]), "templates [-1, 0] are not a subset of 0.."),
         (lambda d: d["single"][0].update(acc1=5.0), "row 1 (single): an accuracy outside 0..1"),
         (lambda d: d["best"].update(pred=d["best"]["pred"][:3]), "best.pred should hold"),
     ],

@@ -70,12 +70,11 @@ def prepare(setup: Setup) -> tuple[ImageSource, ModelSpec]:
 def _config_digests(spec: ModelSpec) -> dict[str, str]:
     """SHA256 of the model's config files (a `--model` .json, a transformers or open_clip config): editing one
     changes the architecture under the same name, so it must change the cache key too."""
-    files = [Path(spec.name) if spec.name and spec.name.endswith(".json") else None, spec.config_file]
-    return {
-        f"config_sha256_{k}": hashlib.sha256(f.read_bytes()).hexdigest()
-        for k, f in enumerate(files)
-        if f is not None and f.is_file()
+    files = {
+        "model_config_sha256": Path(spec.name) if spec.name and spec.name.endswith(".json") else None,
+        "config_file_sha256": spec.config_file,
     }
+    return {k: hashlib.sha256(f.read_bytes()).hexdigest() for k, f in files.items() if f is not None and f.is_file()}
 
 
 def feature_keys(spec: ModelSpec, source: ImageSource) -> tuple[dict, dict]:

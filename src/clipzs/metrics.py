@@ -52,8 +52,8 @@ class Resamples:
     """
 
     def __init__(self, n: int, count: int = 1000, seed: int = 0):
-        if n < 1 or count < 1:
-            raise ClipzsError(f"bootstrap needs images and resamples >= 1, got {n} images and {count} resamples")
+        if n < 1:
+            raise ClipzsError(f"bootstrap needs at least one image, got {n}")
         check_bootstrap(count, seed)
         self.n, self.count, self.seed = n, count, seed
         generator = torch.Generator().manual_seed(seed)

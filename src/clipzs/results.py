@@ -336,7 +336,11 @@ def _check_eval(result: EvalResult, source: str) -> None:
         raise _fail(source, f"single should hold one row per template, templates 0..{slots - 1} in order")
     for k, row in enumerate((*result.single, *result.ensembles)):
         where = f"{source}: row {k + 1} ({row.method or 'single'})"
-        if not row.templates or list(row.templates) != sorted(set(row.templates)) or row.templates[-1] >= slots:
+        if (
+            list(row.templates) != sorted(set(row.templates))
+            or not set(row.templates) <= set(range(slots))
+            or not row.templates
+        ):
             raise ClipzsError(f"{where}: templates {list(row.templates)[:20]} are not a subset of 0..{slots - 1}")
         rates = [row.acc1, row.acc5, row.mean_per_class_recall, *(row.acc1_ci or ()), *(row.acc5_ci or ())]
         if not all(0 <= r <= 1 for r in rates if r is not None):

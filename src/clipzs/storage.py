@@ -17,13 +17,19 @@ from .errors import ClipzsError
 TMP_PREFIX = ".tmp-"
 
 
+def _written_through(path: Path) -> bool:
+    """Whether `path` is something other than a file or folder (`/dev/stdout`, a named pipe): written to in place,
+    since nothing can be renamed over it."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Make `path` hold `data`, so that no reader and no crash (even power loss) ever sees it partly written.
 
     Missing folders above it are created. A symbolic link keeps pointing where it did: its target is replaced. A
     path that is not a regular file (`/dev/stdout`, a named pipe) is written through, as nothing can be renamed
     over it. A failure (full disk, read-only filesystem) leaves the old file whole and is a one-line ClipzsError."""
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if _written_through(path):
         try:
             with open(path, "wb") as f:
                 f.write(data)
@@ -84,10 +90,15 @@ def writable_folder(folder: Path) -> str | None:
 
 
 def check_output_file(path: Path, parameter: str) -> None:
-    """A ClipzsError naming `parameter` unless `path` can be written as a file (its folder is made later)."""
+    """A ClipzsError naming `parameter` unless `path` can be written as `write_atomic` writes it: in place where it
+    is written through, else in the folder of the file a symbolic link names (its folder is made later)."""
     if path.is_dir():
         raise ClipzsError(f"{parameter} {path} is a folder; give a file name", parameter=parameter)
-    problem = writable_folder(path.parent if str(path.parent) else Path("."))
+    if _written_through(path):
+        if not os.access(path, os.W_OK):
+            raise ClipzsError(f"cannot write {parameter} {path}: Permission denied", parameter=parameter)
+        return
+    problem = writable_folder(Path(os.path.realpath(path)).parent)
     if problem:
         raise ClipzsError(f"cannot write {parameter} {path}: {problem}", parameter=parameter)
 

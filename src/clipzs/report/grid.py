@@ -32,14 +32,14 @@ def _models(results: Sequence[EvalResult]) -> list[str]:
     """Each result's model as a column name: with its pretrained weights where one model has several, and numbered
     (`m.json [2]`) where config files in other folders share a file name (a report shows no folder)."""
     weights: dict[str, set[str]] = {}
-    shown: dict[str, list[str]] = {}
     for r in results:
         weights.setdefault(r.run.model, set()).add(r.run.pretrained)
-        same = shown.setdefault(shown_path(r.run.model), [])
-        same += [] if r.run.model in same else [r.run.model]
+    sharing: dict[str, list[str]] = {}  # a shown name -> the models shown so, in order
+    for model in weights:
+        sharing.setdefault(shown_path(model), []).append(model)
     names = []
     for r in results:
-        same = shown[shown_path(r.run.model)]
+        same = sharing[shown_path(r.run.model)]
         name = shown_path(r.run.model) + (f" [{same.index(r.run.model) + 1}]" if len(same) > 1 else "")
         names.append(name + (f" ({shown_path(r.run.pretrained)})" if len(weights[r.run.model]) > 1 else ""))
     return names

@@ -27,6 +27,11 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
+def _subfolders(root: Path) -> list[str]:
+    """The names of the folders in `root`, hidden ones left out, sorted."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def load_folder(root: str | Path, split: str | None = None, name: str = "folder") -> PathSource:
     """Images under `root/<class>/` (or `root/<split>/<class>/` when that folder exists), classes sorted. A split
     that is not there is refused where the root holds only split folders (`train`, `test`, ...), not classes."""
@@ -34,14 +39,14 @@ def load_folder(root: str | Path, split: str | None = None, name: str = "folder"
     if split and (root / split).is_dir():
         root = root / split
     elif split and root.is_dir():
-        folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        folders = _subfolders(root)
         if folders and set(folders) <= SPLIT_FOLDERS:  # split folders, not classes (CIFAR-100 has a class "train")
             raise ClipzsError(
                 f"split {split!r} not found: no folder {root / split} (found {', '.join(folders)})", "split"
             )
     if not root.is_dir():
         raise ClipzsError(f"image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = _subfolders(root)
     paths, labels = [], []
     for label, cls in enumerate(classes):
         files = image_files(root / cls)
