@@ -103,9 +103,9 @@ def test_the_default_templates_are_the_datasets_own(tiny_args, tmp_path):
     assert _results(out)["templates"] == list(catalogue.get("cifar100").templates)
 
 
-def test_console_script_runs_in_a_fresh_process(eval_args, tmp_path):
+def test_console_script_runs_in_a_fresh_process_and_the_local_engine_never_imports_ray(eval_args, tmp_path):
     clipzs = os.path.join(os.path.dirname(sys.executable), "clipzs")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPROFILEIMPORTTIME": "1"}  # every import, listed on stderr
     done = subprocess.run(
         [clipzs, *eval_args, "--limit", "4", "--ensemble", "embedding", "--out", str(tmp_path / "r.json")],
         capture_output=True,
@@ -115,6 +115,9 @@ def test_console_script_runs_in_a_fresh_process(eval_args, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert _results(tmp_path / "r.json")["ensembles"][0]["method"] == "embedding"
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert {"torch", "open_clip"} <= imported
+    assert not {name for name in imported if name == "ray" or name.startswith("ray.")}
 
 
 def test_balance_no_cache_and_workers(eval_args, tmp_path, monkeypatch):
@@ -621,6 +624,18 @@ def test_quick_commands_import_neither_torch_nor_open_clip(argv):
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]"
     assert done.stdout.strip()  # it did print something
+
+
+def test_python_dash_m_clipzs_is_the_clipzs_command():
+    from clipzs import __version__
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "clipzs", *argv], capture_output=True, text=True, timeout=60)
+
+    done = run("--version")
+    assert (done.returncode, done.stdout) == (0, f"clipzs {__version__}\n")
+    done = run("eval", "--split")
+    assert done.returncode == 2 and done.stderr.startswith("usage: clipzs ")  # argparse names the program clipzs
 
 
 def test_class_specific_prompts_run_with_score_methods(eval_args, tmp_path):

@@ -151,16 +151,24 @@ def test_an_unreadable_image_is_left_out_of_the_features(options, folder_with_a_
 # --- Ctrl-C ---------------------------------------------------------------------------------------------------------
 
 # `clipzs eval` in a child whose first image batch says so on stdout and then waits to be interrupted: the
-# parent sends SIGINT once it reads that line, so the signal always lands during the encoding.
+# parent sends SIGINT once it reads that line, so the signal always lands during the encoding. The signal may be
+# delivered to any of the child's threads (torch starts some), and then it does not interrupt a blocking call in
+# the main thread; Python's handler writes to the wakeup pipe whichever thread runs it, and the main thread raises
+# KeyboardInterrupt at the loop's next turn.
 INTERRUPTED = """
-    import sys
+    import os, select, signal, sys
     import clipzs.encode
     from clipzs.cli import main
 
+    wakeup, written = os.pipe()
+    os.set_blocking(written, False)
+    signal.set_wakeup_fd(written)
+
     def wait(self, batch):
         print("encoding", flush=True)
-        sys.stdin.readline()  # blocks until the parent interrupts
-        raise AssertionError("not interrupted")
+        while True:  # until the interrupt
+            select.select([wakeup], [], [])
+            os.read(wakeup, 64)
 
     clipzs.encode.ChunkEncoder.run = wait
     sys.exit(main(sys.argv[1:]))
@@ -173,7 +181,6 @@ def test_ctrl_c_during_encoding_exits_130_without_a_traceback(tiny_args, tmp_pat
     args = [*tiny_args, "--templates", str(one), "--feature-cache", str(tmp_path / "features")]
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(INTERRUPTED), "eval", *args],
-        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
