@@ -1,5 +1,6 @@
 """The Ray engine against the local one: the same bits in the same cache chunks on a local Ray instance and on a
-two-node cluster, through a killed actor, a killed driver and unreadable images; and no Ray unless asked for.
+two-node cluster, through a killed actor, a killed driver and unreadable images; and one line where Ray is missing
+(that the local engine never imports Ray is checked by the console-script test in `test_cli.py`).
 
 Chunks of CHUNK images and batches of BATCH, so that every run has several chunks whose batches do not divide them.
 One Ray connection serves the module (`instances`): the local instance for most tests, then the cluster.
