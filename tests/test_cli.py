@@ -626,6 +626,15 @@ def test_quick_commands_import_neither_torch_nor_open_clip(argv):
     assert done.stdout.strip()  # it did print something
 
 
+def test_the_clipzs_command_runs_the_cycle_collector_less_often():
+    code = (
+        "import gc, sys\nfrom clipzs import cli\nsys.argv = ['clipzs', 'templates', 'list']\n"
+        "code = cli.console()\nprint(gc.get_threshold()[0], code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == f"{cli.GC_THRESHOLD} 0", done.stderr
+
+
 def test_python_dash_m_clipzs_is_the_clipzs_command():
     from clipzs import __version__
 

@@ -151,15 +151,17 @@ def test_an_unreadable_image_is_left_out_of_the_features(options, folder_with_a_
 # --- Ctrl-C ---------------------------------------------------------------------------------------------------------
 
 # `clipzs eval` in a child whose first image batch says so on stdout and then waits to be interrupted: the
-# parent sends SIGINT once it reads that line, so the signal always lands during the encoding. The signal may be
-# delivered to any of the child's threads (torch starts some), and then it does not interrupt a blocking call in
-# the main thread; Python's handler writes to the wakeup pipe whichever thread runs it, and the main thread raises
-# KeyboardInterrupt at the loop's next turn.
+# parent sends SIGINT once it reads that line, so the signal always lands during the encoding. The child first
+# gives SIGINT Python's own handler, as a terminal's Python has it: a shell starts a background job with SIGINT
+# ignored, and a Python started so keeps ignoring it (the suite run as `(pytest &)` hung here). It waits on the
+# wakeup pipe, which Python's handler writes to whichever of the child's threads receives the signal, and the main
+# thread raises KeyboardInterrupt at the loop's next turn.
 INTERRUPTED = """
     import os, select, signal, sys
     import clipzs.encode
     from clipzs.cli import main
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     wakeup, written = os.pipe()
     os.set_blocking(written, False)
     signal.set_wakeup_fd(written)
