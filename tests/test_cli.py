@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import helpers
 import pytest
@@ -611,6 +612,22 @@ def test_datasets_list_says_which_are_found(tmp_path, cifar_root, capsys):
     assert main(["datasets", "list", "--data-root", str(tmp_path)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert " empty " in rows["imagenet1k"] and " yes " not in rows["imagenet1k"]
+
+
+def test_datasets_list_says_unreadable_for_a_folder_it_cannot_list(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "imagenet"
+    locked.mkdir()
+    listing = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == locked:  # as a folder without read permission does (the tests may run as root, which ignores it)
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert main(["datasets", "list", "--data-root", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert " unreadable " in rows["imagenet1k"]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["templates", "list"]])

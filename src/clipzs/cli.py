@@ -442,18 +442,28 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _found(where: Path) -> str:
+    """Whether a dataset's data is at `where`: `yes`, `empty` (a folder with nothing in it yet), `unreadable`
+    (a folder that cannot be listed), or nothing."""
+    try:
+        if where.is_dir():
+            return "yes" if any(where.iterdir()) else "empty"
+        return "yes" if where.exists() else ""
+    except OSError:
+        return "unreadable"
+
+
 def run_datasets(args: argparse.Namespace) -> int:
     from . import catalogue
 
-    print(f"{'dataset':<16} {'classes':>7} {'templates':>9}  {'splits':<23} {'found':<5}  expected at")
+    print(f"{'dataset':<16} {'classes':>7} {'templates':>9}  {'splits':<23} {'found':<10}  expected at")
     for name in catalogue.names():
         info = catalogue.get(name)
         root = Path(args.data_root or info.default_root).expanduser()
         where = root / info.folder if info.folder else root
-        found = ("yes" if any(where.iterdir()) else "empty") if where.is_dir() else "yes" if where.exists() else ""
         print(
-            f"{name:<16} {len(info.classes):>7} {len(info.templates):>9}  {','.join(info.splits):<23} {found:<5}  "
-            f"{where}"
+            f"{name:<16} {len(info.classes):>7} {len(info.templates):>9}  {','.join(info.splits):<23} "
+            f"{_found(where):<10}  {where}"
         )
     print("\nformats: folder (<root>/<class>/<image>), wds (CLIP_benchmark webdataset shards), csv, parquet")
     return 0
