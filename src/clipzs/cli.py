@@ -297,13 +297,18 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_part(name: str) -> str:
+    """`name` as part of a file name: runs of other characters than letters, digits, `_`, `.` and `-` as `_`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
 def _file_names(models: list[str]) -> dict[str, str]:
     """A file-name part for each model: a config file's stem, or the name itself (`ViT-B/32` as `ViT-B_32`);
     the whole path where two config files share a stem."""
     short = {m: Path(m).stem if m.endswith(".json") else m for m in models}
     taken = list(short.values())
     named = {m: m.removesuffix(".json") if taken.count(short[m]) > 1 else short[m] for m in models}
-    return {m: re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") for m, name in named.items()}
+    return {m: _file_part(name) for m, name in named.items()}
 
 
 def _run_grid(args: argparse.Namespace, options: dict, datasets: list[str], models: list[str]) -> int:
@@ -326,7 +331,7 @@ def _run_grid(args: argparse.Namespace, options: dict, datasets: list[str], mode
         for model in models:
             result = pipeline.evaluate(**{**options, "dataset": dataset, "model": model})
             print(format_summary(result), end="\n\n")
-            write_result(result, args.out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}--{names[model]}.json")
+            write_result(result, args.out / f"{_file_part(dataset)}--{names[model]}.json")
             results.append(result)
     written = write_grid(results, args.out)
     print(f"grid: {written['markdown']}")
