@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from clipzs.ensemble import METHODS, SINGLE, VOTE_METHODS, all_subsets
 from clipzs.metrics import Resamples
-from clipzs.scoring import Features, Scores, compute_scores, predictions, score_rows
+from clipzs.scoring import TILE, Features, Scores, compute_scores, predictions, score_rows
 from clipzs.weighting import balance_classes, carprt, weighted_embedding, zpe
 
 N, T, C, D = 200, 5, 10, 16
@@ -42,6 +42,8 @@ def test_scores_of_an_image_do_not_depend_on_its_block(features):
     for start, stop in [(0, 1), (3, 70), (64, 128), (150, 200)]:
         part = compute_scores(features.image[start:stop], features.text, 100.0)
         assert torch.equal(part, whole[start:stop]), (start, stop)
+        room = torch.full((TILE * T * C,), torch.nan)  # room for a whole padded tile: its product goes there
+        assert torch.equal(compute_scores(features.image[start:stop], features.text, 100.0, out=room), part)
     direct = 100.0 * torch.einsum("nd,tcd->ntc", features.image, features.text)
     torch.testing.assert_close(whole, direct, rtol=0, atol=1e-4)
 

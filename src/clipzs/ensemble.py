@@ -332,10 +332,12 @@ def vote_hits(
 
 
 def vote_predictions(method: str, votes: torch.Tensor, prob_sums: torch.Tensor | None = None) -> torch.Tensor:
-    """Predictions [M, B] of a vote method from votes [M, B, k] (and summed probabilities [M, B, C] for `vote`)."""
+    """Predictions [M, B] of a vote method from votes [M, B, k] (and summed probabilities [M, B, C] for `vote`, or
+    anything indexed as they are: `fused.SubsetSums`)."""
     m, b, k = votes.shape
     flat = votes.reshape(m * b, k)
-    sums = None if prob_sums is None else prob_sums.reshape(m * b, -1).gather(1, flat)
+    at = torch.cartesian_prod(torch.arange(m), torch.arange(b))
+    sums = None if prob_sums is None else prob_sums[at[:, :1], at[:, 1:], flat]
     return vote_winners(method, flat, sums).view(m, b)
 
 

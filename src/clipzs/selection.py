@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fused
 from .ensemble import (
+    NEEDS,
     VOTE_METHODS,
     WEIGHTED_METHODS,
     Weights,
@@ -63,7 +65,10 @@ def greedy_forward(method: str, scores: Scores) -> Path:
     names = accumulators({base})
     multipliers = multipliers_of(weights)
     preds = _template_predictions(scores) if base in VOTE_METHODS else None
+    steps = num_templates * (num_templates + 1) // 2  # candidates over all steps
+    compiled = base == method and base not in VOTE_METHODS and fused.worth_it(steps * len(scores) * f.text.shape[1])
     state = {name: torch.empty(len(scores), f.text.shape[1]) for name in names}  # running sums of the chosen
+    workspace = torch.empty(0)  # the kernel's softmax of a block, reused
     totals: dict[str, torch.Tensor] = {}  # their multipliers, [1, 1] or [1, C]
     text_sum = torch.zeros(f.text.shape[1:])
     chosen: list[int] = []
@@ -77,7 +82,13 @@ def greedy_forward(method: str, scores: Scores) -> Path:
             norms = None
             if base == "embedding":  # one candidate at a time: a [C, D] sum stays in the CPU's cache
                 norms = torch.stack([(text_sum + f.text[t]).norm(dim=-1) for t in candidates])
-            step = Step(base, weights, chosen, candidates, norms, preds)
+            divisors = None
+            if compiled:
+                index = torch.tensor(candidates)
+                weight_sums = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
+                size, classes = len(chosen) + 1, f.text.shape[1]
+                divisors = fused.divisors(base, size, len(candidates), classes, norms, weight_sums.get(base))
+            step = Step(base, weights, chosen, candidates, norms, preds, divisors, workspace)
             hits = step.hits(scores, state, totals)
         pick = int(torch.argmax(hits))  # the first maximum
         added = candidates[pick]
@@ -109,7 +120,8 @@ def _addends(block: torch.Tensor, templates: torch.Tensor, names: frozenset[str]
 @dataclass(frozen=True)
 class Step:
     """One step of greedy selection: the hits of `chosen` plus each candidate template, as `evaluate` scores them
-    (`norms` [candidates, C] of the text sums for `embedding`, `preds` [N, T] per-template predictions for votes)."""
+    (`norms` [candidates, C] of the text sums for `embedding`, `preds` [N, T] per-template predictions for votes;
+    with `divisors` [candidates, C], a score method's candidates are ranked by `fused.candidate_hits`)."""
 
     method: str
     weights: Weights
@@ -117,6 +129,8 @@ class Step:
     candidates: list[int]
     norms: torch.Tensor | None
     preds: torch.Tensor | None
+    divisors: torch.Tensor | None = None
+    workspace: torch.Tensor | None = None  # kept from step to step by the caller (`fused._slots`)
 
     def hits(self, scores: Scores, state: dict[str, torch.Tensor], totals: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hits [len(candidates)]. First adds the last chosen template to the running sums `state` [N, C]; then
@@ -137,6 +151,13 @@ class Step:
                     else:
                         running.add_(last[name][:, 0])
             labels = f.labels[start:stop]
+            if self.divisors is not None:
+                running = state[NEEDS[self.method][0]][start:stop] if chosen else None
+                candidates = torch.tensor(self.candidates)
+                hits += fused.candidate_hits(
+                    block, labels, self.method, self.weights, running, candidates, self.divisors, self.workspace
+                )
+                continue
             for first in range(0, len(self.candidates), at_once):
                 part = slice(first, first + at_once)
                 index = torch.tensor(self.candidates[part])
