@@ -175,7 +175,14 @@ def worth_it(addends: int) -> bool:
     return addends >= MIN_ADDENDS
 
 
-def divisors(method: str, size: int, count: int, classes: int, norms=None, totals=None) -> torch.Tensor:
+def divisors(
+    method: str,
+    size: int,
+    count: int,
+    classes: int,
+    norms: torch.Tensor | None = None,
+    totals: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Divisors [count, C] of `count` subsets' sums of `size` templates for a score method, as `combine_sums` divides:
     the subsets' text-sum norms [count, C] for embedding, their summed template weights (zpe [count, 1], carprt
     [count, C]) for the weighted methods, else the size (a mean)."""
