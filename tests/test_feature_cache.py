@@ -178,6 +178,17 @@ def test_an_edited_model_config_is_another_model_to_the_cache(run, tmp_path):
     assert run(model=str(config), pretrained="random").run.encoded == {"images": 40, "prompts": 500}
 
 
+def test_a_model_config_is_one_model_to_the_cache_however_its_path_is_spelled(run, capsys, monkeypatch):
+    assert run().run.encoded == {"images": 40, "prompts": 500}
+    monkeypatch.chdir(run.model.parent.parent)
+    relative = os.path.join(run.model.parent.name, "..", run.model.parent.name, run.model.name)
+    assert run(model=relative).run.encoded == {"images": 0, "prompts": 0}
+    assert main(["cache", "list", "--model", relative, "--feature-cache", str(run.cache)]) == 0
+    assert "2 entries" in capsys.readouterr().out
+    assert main(["cache", "clear", "--model", relative, "--feature-cache", str(run.cache)]) == 0
+    assert run().run.encoded == {"images": 40, "prompts": 500}
+
+
 def test_cache_list_and_clear_by_model(run, capsys):
     model = run().run.model
     assert main(["cache", "list", "--feature-cache", str(run.cache)]) == 0

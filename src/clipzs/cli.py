@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import ClipzsError, ClipzsWarning
-from .options import ENGINES
+from .options import ENGINES, cached_model_name
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 CLASSNAME_HELP = "raw (as the dataset stores them), clip (CLIP's names; default), or a CLIP_benchmark class-name .json"
@@ -429,12 +429,13 @@ def run_cache(args: argparse.Namespace) -> int:
         raise ClipzsError(f"the feature cache {cache.root} is a file, not a folder")
     if args.action == "clear":
         try:
-            freed = cache.clear(model=args.model)
+            freed = cache.clear(model=cached_model_name(args.model))
         except OSError as e:
             raise ClipzsError(f"cannot clear the feature cache {cache.root}: {e.strerror or e}") from e
         print(f"removed {describe_size(freed)} from {cache.root}")
         return 0
-    entries = [e for e in cache.entries() if args.model in (None, e.key.get("model"))]
+    wanted = cached_model_name(args.model)
+    entries = [e for e in cache.entries() if wanted in (None, e.key.get("model"))]
     print(f"{'kind':<7} {'model':<24} {'precision':<9} {'data':<24} {'items':>13} {'size':>10}")
     for e in entries:
         data = f"{e.key.get('dataset', '')}/{e.key.get('split', '')}" if e.kind == "images" else "prompts"

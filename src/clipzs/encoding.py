@@ -23,7 +23,7 @@ from .encode import CHUNK_IMAGES, cached_images, default_batch_size, encode_imag
 from .engines import require
 from .errors import ClipzsError, ClipzsWarning
 from .models import ClipModel, ModelSpec, NotLoaded, describe_model, load_model
-from .options import Setup
+from .options import Setup, cached_model_name
 from .results import Skipped
 from .scoring import Features
 from .sources import ImageSource, open_source
@@ -81,7 +81,7 @@ def feature_keys(spec: ModelSpec, source: ImageSource) -> tuple[dict, dict]:
     """Cache keys: text features depend on the model (its config files' contents included) and its numerics;
     image features also on the preprocessing and the exact images."""
     text = {
-        "model": spec.name,
+        "model": cached_model_name(spec.name),
         "config": spec.config,
         "checkpoint": spec.checkpoint,
         "precision": spec.precision,

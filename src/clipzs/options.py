@@ -7,10 +7,20 @@ A module of its own, free of heavy imports, because the CLI maps its flags onto 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from .errors import ClipzsError
 
 ENGINES = ("local", "ray")
+
+
+def cached_model_name(model: str | None) -> str | None:
+    """A `model` as the feature cache names it: a .json config file by its absolute path, so that any spelling of
+    the path (relative, absolute, through `..`) finds the same entries (the file's contents are keyed by their
+    SHA256 besides); any other name as it is."""
+    if model and model.endswith(".json") and Path(model).is_file():
+        return str(Path(model).resolve())
+    return model
 
 
 @dataclass(frozen=True)

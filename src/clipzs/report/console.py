@@ -54,9 +54,13 @@ def _matrix(result: EvalResult) -> list[str]:
 
 
 def _method_rows(result: EvalResult, chosen: dict[str, list[Row]]) -> list[str]:
+    """A line per row; a subset of every template shows as `all N`, not as N numbers (80 for ImageNet's set)."""
+    everything = tuple(range(len(result.single)))
     lines = [f"{'method':<18} {_metrics_head(result)}  templates"]
     for method, group in chosen.items():
-        lines += [f"{method:<18} {_metrics(row)}  {subset_label(row.templates)}" for row in group]
+        for row in group:
+            templates = f"all {len(everything)}" if row.templates == everything else subset_label(row.templates)
+            lines.append(f"{method:<18} {_metrics(row)}  {templates}")
     return lines
 
 
