@@ -336,8 +336,10 @@ def vote_predictions(method: str, votes: torch.Tensor, prob_sums: torch.Tensor |
     anything indexed as they are: `fused.SubsetSums`)."""
     m, b, k = votes.shape
     flat = votes.reshape(m * b, k)
-    at = torch.cartesian_prod(torch.arange(m), torch.arange(b))
-    sums = None if prob_sums is None else prob_sums[at[:, :1], at[:, 1:], flat]
+    sums = None
+    if prob_sums is not None:
+        at = torch.cartesian_prod(torch.arange(m), torch.arange(b))  # (subset, image) of each row of `flat`
+        sums = prob_sums[at[:, :1], at[:, 1:], flat]
     return vote_winners(method, flat, sums).view(m, b)
 
 

@@ -341,10 +341,10 @@ def _check_eval(result: EvalResult, source: str) -> None:
             or not set(row.templates) <= set(range(slots))
             or not row.templates
         ):
-            raise ClipzsError(f"{where}: templates {list(row.templates)[:20]} are not a subset of 0..{slots - 1}")
+            raise _fail(where, f"templates {list(row.templates)[:20]} are not a subset of 0..{slots - 1}")
         rates = [row.acc1, row.acc5, row.mean_per_class_recall, *(row.acc1_ci or ()), *(row.acc5_ci or ())]
         if not all(0 <= r <= 1 for r in rates if r is not None):
-            raise ClipzsError(f"{where}: an accuracy outside 0..1")
+            raise _fail(where, "an accuracy outside 0..1")
     best = result.best
     if best is not None and (len(best.pred) != n or any(not 0 <= p < classes for p in best.pred)):
         raise _fail(source, f"best.pred should hold {n} predictions in 0..{classes - 1}")

@@ -82,13 +82,7 @@ def greedy_forward(method: str, scores: Scores) -> Path:
             norms = None
             if base == "embedding":  # one candidate at a time: a [C, D] sum stays in the CPU's cache
                 norms = torch.stack([(text_sum + f.text[t]).norm(dim=-1) for t in candidates])
-            divisors = None
-            if compiled:
-                index = torch.tensor(candidates)
-                weight_sums = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
-                size, classes = len(chosen) + 1, f.text.shape[1]
-                divisors = fused.divisors(base, size, len(candidates), classes, norms, weight_sums.get(base))
-            step = Step(base, weights, chosen, candidates, norms, preds, divisors, workspace)
+            step = Step(base, weights, chosen, candidates, norms, preds, compiled, workspace)
             hits = step.hits(scores, state, totals)
         pick = int(torch.argmax(hits))  # the first maximum
         added = candidates[pick]
@@ -117,11 +111,17 @@ def _addends(block: torch.Tensor, templates: torch.Tensor, names: frozenset[str]
     return {name: found[name]() for name in names}
 
 
+def _weight_sums(multipliers: dict, index: torch.Tensor, totals: dict) -> dict[str, torch.Tensor]:
+    """Each weighted accumulator's summed multipliers for the candidates `index`: theirs plus the chosen's `totals`
+    (none before the first step)."""
+    return {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of greedy selection: the hits of `chosen` plus each candidate template, as `evaluate` scores them
     (`norms` [candidates, C] of the text sums for `embedding`, `preds` [N, T] per-template predictions for votes;
-    with `divisors` [candidates, C], a score method's candidates are ranked by `fused.candidate_hits`)."""
+    `compiled`: a score method's candidates are ranked by `fused.candidate_hits`)."""
 
     method: str
     weights: Weights
@@ -129,16 +129,22 @@ class Step:
     candidates: list[int]
     norms: torch.Tensor | None
     preds: torch.Tensor | None
-    divisors: torch.Tensor | None = None
+    compiled: bool = False
     workspace: torch.Tensor | None = None  # kept from step to step by the caller (`fused._slots`)
 
     def hits(self, scores: Scores, state: dict[str, torch.Tensor], totals: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hits [len(candidates)]. First adds the last chosen template to the running sums `state` [N, C]; then
         takes the candidates a few at a time, so that their sums [k, B, C] stay in the CPU's cache."""
         f, names, chosen = scores.features, frozenset(state), self.chosen
-        members = torch.tensor([sorted([*chosen, t]) for t in self.candidates])
+        voting = self.method in VOTE_METHODS
+        members = torch.tensor([sorted([*chosen, t]) for t in self.candidates]) if voting else None
         multipliers = multipliers_of(self.weights)
         hits = torch.zeros(len(self.candidates), dtype=torch.int64)
+        if self.compiled:
+            candidates = torch.tensor(self.candidates)
+            weight_sums = _weight_sums(multipliers, candidates, totals).get(self.method)
+            size, classes = len(chosen) + 1, f.text.shape[1]
+            divisors = fused.divisors(self.method, size, len(candidates), classes, self.norms, weight_sums)
         size = block_size(scores.per_image)
         at_once = max(1, CACHE_BYTES // (4 * size * f.text.shape[1] * max(1, len(names))))
         for start, stop, block in scores.blocks(size):
@@ -151,11 +157,10 @@ class Step:
                     else:
                         running.add_(last[name][:, 0])
             labels = f.labels[start:stop]
-            if self.divisors is not None:
+            if self.compiled:
                 running = state[NEEDS[self.method][0]][start:stop] if chosen else None
-                candidates = torch.tensor(self.candidates)
                 hits += fused.candidate_hits(
-                    block, labels, self.method, self.weights, running, candidates, self.divisors, self.workspace
+                    block, labels, self.method, self.weights, running, candidates, divisors, self.workspace
                 )
                 continue
             for first in range(0, len(self.candidates), at_once):
@@ -163,11 +168,11 @@ class Step:
                 index = torch.tensor(self.candidates[part])
                 inputs = _addends(block, index, names, self.weights)
                 sums = {k: (v + state[k][start:stop, None] if chosen else v).transpose(0, 1) for k, v in inputs.items()}
-                if self.method in VOTE_METHODS:
+                if voting:
                     votes = self.preds[start:stop][:, members[part]].transpose(0, 1)  # [k, B, size]
                     hit = vote_hits(self.method, votes, labels, sums.get("prob"))
                 else:
-                    cand_totals = {k: v[index] + totals[k] if totals else v[index] for k, v in multipliers.items()}
+                    cand_totals = _weight_sums(multipliers, index, totals)
                     norms = None if self.norms is None else self.norms[part]
                     numerators, divisor = combine_sums(self.method, sums, cand_totals, len(chosen) + 1, norms)
                     hit = label_ranks(numerators, labels, divisor, ranked=False)[0]
