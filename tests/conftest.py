@@ -9,22 +9,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # waits for a core), so the tests and the processes they start use one.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
-
-import helpers  # noqa: E402
+# The fixtures import `helpers` (torch, open_clip) when they first run: pytest-xdist's controller loads this file
+# too, and runs no test.
 
 
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory) -> Path:
+    import helpers
+
     return helpers.write_config(tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture(scope="session")
 def tiny_state(tiny_config):
+    import helpers
+
     return helpers.random_state_dict(tiny_config)
 
 
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
+    import helpers
+
     root = tmp_path_factory.mktemp("data")
     helpers.write_cifar100(root)
     return root
@@ -33,6 +39,8 @@ def cifar_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_state) -> Path:
     """The tiny model as OpenAI ships checkpoints: a TorchScript archive with fp16 weights."""
+    import helpers
+
     return helpers.save_torchscript_fp16(tiny_state, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
@@ -59,3 +67,8 @@ def tiny_args(tiny_config, tiny_checkpoint, cifar_root) -> list[str]:
         str(cifar_root),
         "--quiet",
     ]
+
+
+def pytest_collection_modifyitems(items):
+    """The Ray module last: pytest-xdist gives each worker whole modules, in this order."""
+    items.sort(key=lambda item: item.path.name == "test_ray.py")

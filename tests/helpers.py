@@ -23,6 +23,10 @@ CIFAR100_CLASSES = (  # noqa: SIM905 (one string reads better than 100 quoted na
 ).split()
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
+# Prepended to the Python a test runs in a child process: the child then imports what a user's install would.
+# open_clip imports the test-only transformers wherever it finds it installed (0.75 s a process here).
+AS_INSTALLED = 'import sys; sys.modules["transformers"] = None\n'
+
 TINY_VIT = {
     "embed_dim": 16,
     "quick_gelu": True,

@@ -81,6 +81,31 @@ def test_preprocessing_split_and_batched_resize_reproduce_the_model_transform(cl
         assert torch.equal(preprocessing.normalize(resized, torch.float32), expected), side
 
 
+@pytest.mark.parametrize("rgb_step", ["_convert_to_rgb", "MaybeConvertMode"])
+def test_preprocessing_gives_the_transforms_pixels_and_pickles_without_open_clip(rgb_step):
+    """Ray's read workers unpickle it: with open_clip's RGB step inside, each would import open_clip."""
+    import pickle
+
+    import numpy as np
+    from open_clip import transform as oc
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from clipzs.preprocess import split_preprocess
+
+    rgb = oc.MaybeConvertMode("RGB") if rgb_step == "MaybeConvertMode" else oc._convert_to_rgb
+    resize = T.Resize(32, interpolation=T.InterpolationMode.BICUBIC)
+    transform = T.Compose([resize, T.CenterCrop(32), rgb, T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)])
+    preprocessing = split_preprocess(transform)
+    assert preprocessing.square == 32 and b"open_clip" not in pickle.dumps(preprocessing)
+    pixels = np.random.default_rng(1).integers(0, 256, size=(40, 50, 4), dtype=np.uint8)
+    images = [Image.fromarray(pixels, "RGBA"), Image.fromarray(pixels[..., 0], "L"), Image.fromarray(pixels[..., :3])]
+    for image in images:
+        expected = np.array(T.Compose(transform.transforms[:3])(image))
+        got = pickle.loads(pickle.dumps(preprocessing)).pixels(image)
+        assert got.shape == (32, 32, 3) and np.array_equal(got, expected)
+
+
 def with_text_tower(clip, **attributes):
     """`clip` with a copy of its model whose text tower is changed as `attributes` say."""
     model = copy.deepcopy(clip.model)

@@ -118,7 +118,7 @@ def _kill_after_two_chunks(run, data_root, dataset: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = [str(run.model), str(run.pretrained), str(data_root), str(run.cache), dataset]
     child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(KILLED_RUN), *args],
+        [sys.executable, "-c", helpers.AS_INSTALLED + textwrap.dedent(KILLED_RUN), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -182,7 +182,7 @@ def test_ctrl_c_during_encoding_exits_130_without_a_traceback(tiny_args, tmp_pat
     one.write_text("a photo of a {}.\n")
     args = [*tiny_args, "--templates", str(one), "--feature-cache", str(tmp_path / "features")]
     child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPTED), "eval", *args],
+        [sys.executable, "-c", helpers.AS_INSTALLED + textwrap.dedent(INTERRUPTED), "eval", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

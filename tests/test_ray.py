@@ -3,7 +3,8 @@ two-node cluster, through a killed actor, a killed driver and unreadable images;
 (that the local engine never imports Ray is checked by the console-script test in `test_cli.py`).
 
 Chunks of CHUNK images and batches of BATCH, so that every run has several chunks whose batches do not divide them.
-One Ray connection serves the module (`instances`): the local instance for most tests, then the cluster.
+One Ray instance serves the module (`instances`): a head node of 2 CPUs, which a second node joins for the cluster's
+test. (The tests run last, `conftest.py`: each Ray run starts processes that import for seconds.)
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
+import torch
 from wds_helpers import encode, pixels, write_class_folders, write_wds
 
 from clipzs import cli, engines
 from clipzs.cache import FeatureCache, ImageEntry
 from clipzs.encode import cached_images, encode_images
 from clipzs.engines import ray as engine
+from clipzs.engines.nodes import PROBE, NodeNeeds, node_problem
 from clipzs.errors import ClipzsError
 from clipzs.models import describe_model, load_model
 from clipzs.sources import ArraySource, ImageSource, open_source
@@ -81,35 +84,43 @@ class GatedArrays(ArraySource):
         return GatedArrays(ArraySource.subset(self, indices), self.gated[indices], self.gate)
 
 
+def without_transformers() -> None:
+    """Ray's workers import what a user's install would, as the tests' other child processes do
+    (`helpers.AS_INSTALLED`; this function goes to them by value, `helpers` could not)."""
+    sys.modules["transformers"] = None
+
+
 class Instances:
-    """The module's one Ray connection: a local instance (2 CPUs) or a two-node cluster on this machine."""
+    """The module's one Ray instance: a head node of 2 CPUs, joined by a second node for the cluster's test."""
 
     def __init__(self) -> None:
-        self.kind: str | None = None
-        self.cluster = None
-
-    def use(self, kind: str) -> None:
         import ray
         from ray.cluster_utils import Cluster
 
-        if kind == self.kind:
-            return
-        self.close()
-        if kind == "local":
-            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-        else:
-            self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-            self.cluster.add_node(num_cpus=2)
-            ray.init(address=self.cluster.address, logging_level=logging.ERROR)
-        self.kind = kind
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+        ray.init(
+            address=self.cluster.address,
+            logging_level=logging.ERROR,
+            runtime_env={"worker_process_setup_hook": without_transformers},
+        )
+        self.second = None
+
+    def nodes(self, count: int) -> None:
+        import ray
+
+        if count == 2 and self.second is None:
+            self.second = self.cluster.add_node(num_cpus=2)
+        elif count == 1 and self.second is not None:
+            self.cluster.remove_node(self.second)
+            self.second = None
+        self.cluster.wait_for_nodes()
+        assert sum(1 for node in ray.nodes() if node["Alive"]) == count
 
     def close(self) -> None:
         import ray
 
         ray.shutdown()
-        if self.cluster is not None:
-            self.cluster.shutdown()
-        self.cluster, self.kind = None, None
+        self.cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +134,12 @@ def instances():
 
 @pytest.fixture
 def local_ray(instances):
-    instances.use("local")
+    instances.nodes(1)
 
 
 @pytest.fixture
 def two_nodes(instances):
-    instances.use("cluster")
+    instances.nodes(2)
 
 
 @pytest.fixture(scope="module")
@@ -178,30 +189,35 @@ def assert_same(got, expected) -> None:
     assert got.skipped == expected.skipped
 
 
-def test_uncached_features_gathered_to_the_driver_equal_the_local_engines_bit_for_bit(local_ray, clip, arrays):
-    """Cached runs, where the workers write the chunks, are compared bit for bit in the tests of a killed actor and
-    of a killed driver, and through the CLI in `test_eval_on_ray_...`: each Ray run starts an actor (seconds)."""
-    got = on_ray(clip, arrays, None)  # gathered to the driver, in the local engine's uncached chunks
-    assert_same(got, encode_images(clip, arrays, batch_size=BATCH, progress=False))
-    assert "gathered to the driver (no feature cache)" in got.note
+def test_without_a_cache_the_driver_assembles_the_chunks_as_they_come(clip, arrays, monkeypatch):
+    """The driver's side of an uncached run, without Ray: chunks arriving in any order, from two actors, fill the
+    features and reasons in place. The actors' side (features returned, nothing written) is `ray_collect`'s, run
+    end to end in the folder test below."""
+    expected = encode_images(clip, arrays, batch_size=BATCH, progress=False)
+    features = expected.features.clone()
+    features[5] = torch.nan
+
+    def encode_chunks(source, spec, preprocess, ranges, batch_size, cache, **options):
+        assert source is arrays and cache is None and ranges == [(s, min(s + CHUNK, N)) for s in range(0, N, CHUNK)]
+        for k, (start, stop) in enumerate(reversed(ranges)):
+            skipped = {5: "broken"} if start <= 5 < stop else {}
+            yield engine.EncodedChunk(start, stop, skipped, features[start:stop], "node", 100 + k % 2)
+
+    monkeypatch.setattr(engine, "connect", lambda address: None)
+    monkeypatch.setattr(engine, "chunk_ranges", lambda n: [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)])
+    monkeypatch.setattr(engine, "encode_chunks", encode_chunks)
+    got = on_ray(clip, arrays, None)
+    assert got.features.numpy().tobytes() == features.numpy().tobytes()
+    assert got.skipped == {5: "broken"} and got.computed == N
+    assert (
+        got.note == f"{N} images encoded on Ray by 2 actor process(es) on 1 node(s); features gathered to the "
+        "driver (no feature cache)"
+    )
 
 
-def test_image_folder_with_unreadable_files_gathered_to_the_driver(local_ray, clip, tmp_path):
-    root = write_class_folders(tmp_path / "images", {"cat": 7, "dog": 6}, suffix=".png")
-    broken = [root / "cat" / "3.png", *(root / "dog" / f"{k}.png" for k in range(1, 6))]  # all of chunk [8, 13)
-    for path in broken:
-        path.write_bytes(b"not an image")
-    source = load_folder(root)
-    expected = local(clip, source, tmp_path / "local")
-    cache = entry(tmp_path / "ray", source)
-    got = on_ray(clip, source, cache, collect=True)
-    assert_same(got, expected)
-    assert stored(cache) == stored(entry(tmp_path / "local", source))
-    assert sorted(got.skipped) == sorted(source.paths.index(str(path)) for path in broken) == [3, 8, 9, 10, 11, 12]
-    assert "gathered to the driver, which wrote the feature cache" in got.note
-
-
-def test_strict_stops_at_an_unreadable_image_and_caches_nothing_of_its_chunk(local_ray, clip, tmp_path):
+def test_strict_stops_at_an_unreadable_image_and_caches_nothing_of_its_chunk(local_ray, clip, tmp_path, capfd):
+    """The read task stops the run, before the image tower sees the chunk; Ray Data's log of the error is not
+    printed (clipzs says it in one line)."""
     root = write_class_folders(tmp_path / "images", {"cat": 12}, suffix=".png")
     (root / "cat" / "9.png").write_bytes(b"not an image")  # the last file by name: in the second chunk
     source = load_folder(root)
@@ -215,21 +231,7 @@ def test_strict_stops_at_an_unreadable_image_and_caches_nothing_of_its_chunk(loc
     assert str(ray_error.value) == str(local_error.value)
     assert str(ray_error.value).startswith(f"cannot read image {root / 'cat' / '9.png'}: ")
     assert (CHUNK, len(source)) in cache.missing()
-
-
-def test_a_killed_actor_is_replaced_and_the_run_gives_the_same_features(local_ray, clip, arrays, gate, tmp_path):
-    name, handle = gate
-    source = GatedArrays(arrays, np.arange(N) >= CHUNK, name)  # every chunk after the first waits at the gate
-    cache = entry(tmp_path / "ray", arrays)
-    ranges = cache.missing()
-    chunks = engine.encode_chunks(source, clip.spec, clip.preprocess, ranges, BATCH, cache)
-    first = next(chunks)
-    os.kill(first.pid, signal.SIGKILL)  # the actor that encoded it, with the rest of the run still to come
-    handle.open.remote()
-    rest = list(chunks)
-    assert first.start == 0 and sorted(c.start for c in rest) == [start for start, _ in ranges[1:]]
-    assert all(c.pid != first.pid for c in rest)
-    assert_same(cached_images(cache), local(clip, arrays, tmp_path / "local"))
+    assert "Traceback" not in capfd.readouterr().err
 
 
 DRIVER = """
@@ -252,12 +254,15 @@ for chunk in engine.encode_chunks(source, spec, preprocess, cache.missing(), tes
 """
 
 
-def test_a_rerun_after_the_driver_was_killed_encodes_only_the_missing_chunks(
+def test_after_a_killed_driver_the_rerun_encodes_only_the_missing_chunks_through_a_killed_actor(
     local_ray, clip, arrays, gate, tiny_config, tiny_checkpoint, tmp_path
 ):
+    """Two deaths in one sequence, as every Ray run starts an actor (seconds): the driver, killed after two chunks,
+    leaves them in the cache; the rerun encodes only the others, and Ray replaces the actor killed after the rerun's
+    first chunk. The cache ends with the local engine's features."""
     import ray
 
-    name, _ = gate
+    name, handle = gate
     args = {
         "tests": str(TESTS),
         "address": ray.get_runtime_context().gcs_address,
@@ -269,7 +274,9 @@ def test_a_rerun_after_the_driver_was_killed_encodes_only_the_missing_chunks(
     }
     log = tmp_path / "driver.log"
     with open(log, "w") as err:
-        driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], stdout=subprocess.PIPE, stderr=err)
+        driver = subprocess.Popen(
+            [sys.executable, "-c", helpers.AS_INSTALLED + DRIVER, json.dumps(args)], stdout=subprocess.PIPE, stderr=err
+        )
     try:
         done = [driver.stdout.readline().strip() for _ in range(2)]
     finally:
@@ -278,11 +285,17 @@ def test_a_rerun_after_the_driver_was_killed_encodes_only_the_missing_chunks(
         driver.stdout.close()
     assert sorted(done) == [b"0", str(CHUNK).encode()], log.read_text()[-3000:]
     cache = entry(tmp_path / "ray", arrays)
-    missing = cache.missing()
-    assert missing == [(start, min(start + CHUNK, N)) for start in range(2 * CHUNK, N, CHUNK)]
-    rerun = on_ray(clip, arrays, cache)
-    assert rerun.computed == N - 2 * CHUNK
-    assert_same(rerun, local(clip, arrays, tmp_path / "local"))
+    ranges = cache.missing()
+    assert ranges == [(start, min(start + CHUNK, N)) for start in range(2 * CHUNK, N, CHUNK)]
+    source = GatedArrays(arrays, np.arange(N) >= 3 * CHUNK, name)  # the gate is still shut: one chunk gets through
+    chunks = engine.encode_chunks(source, clip.spec, clip.preprocess, ranges, BATCH, cache)
+    first = next(chunks)
+    os.kill(first.pid, signal.SIGKILL)  # the actor that encoded it, with the rest of the rerun still to come
+    handle.open.remote()
+    rest = list(chunks)
+    assert first.start == 2 * CHUNK and sorted(c.start for c in rest) == [start for start, _ in ranges[1:]]
+    assert all(c.pid != first.pid for c in rest)
+    assert_same(cached_images(cache), local(clip, arrays, tmp_path / "local"))
 
 
 def test_a_node_without_the_checkpoint_or_the_shared_cache_is_one_line(local_ray, clip, arrays, tmp_path):
@@ -292,35 +305,52 @@ def test_a_node_without_the_checkpoint_or_the_shared_cache_is_one_line(local_ray
                 arrays, replace(clip.spec, checkpoint="sha256:" + "0" * 64), clip.preprocess, [(0, CHUNK)], BATCH
             )
         )
-    problem = engine.node_problem(clip.spec, tmp_path / "images" / f"{engine.PROBE}absent")
+    probe = tmp_path / "images" / f"{PROBE}absent"
+    problem = node_problem(NodeNeeds(clip.spec.weights, clip.spec.config_file, clip.spec.checkpoint, probe))
     assert problem.startswith(f"the feature cache {tmp_path} is not the driver's on node ")
 
 
-def test_eval_on_ray_gives_the_local_results_and_a_second_run_encodes_nothing(local_ray, tiny_args, tmp_path):
+def test_the_node_check_imports_neither_torch_nor_open_clip():
+    """It is each run's first task on every node, often in a fresh worker: importing torch would cost seconds."""
+    code = "import sys, clipzs.engines.nodes; print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_eval_on_ray_gives_the_local_results_and_a_second_run_encodes_nothing(
+    local_ray, tiny_config, tiny_checkpoint, tmp_path
+):
+    """Through the CLI, on a folder with unreadable files, the driver gathering the features and writing the cache
+    (`--ray-collect`). The workers write it in the tests of a killed driver and of the cluster."""
+    root = write_class_folders(tmp_path / "images", {"cat": 7, "dog": 6}, suffix=".png")
+    broken = [root / "cat" / "3.png", root / "dog" / "1.png"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+
     def evaluate(engine_name: str, cache: str, out: str) -> dict:
-        argv = [
-            "eval",
-            "--preset",
-            "seed",
-            *tiny_args,
-            "--engine",
-            engine_name,
-            "--feature-cache",
-            str(tmp_path / cache),
-        ]
-        assert cli.main([*argv, "--out", str(tmp_path / out)]) == 0
+        model = ["--model", str(tiny_config), "--pretrained", str(tiny_checkpoint)]
+        data = ["--dataset", "folder", "--data-root", str(root), "--templates", "seed", "--sweep"]
+        engine_options = ["--engine", engine_name, *(["--ray-collect"] if engine_name == "ray" else [])]
+        argv = [*model, *data, *engine_options, "--feature-cache", str(tmp_path / cache), "--quiet"]
+        assert cli.main(["eval", *argv, "--out", str(tmp_path / out)]) == 0
         return json.loads((tmp_path / out).read_text())
 
-    expected = evaluate("local", "local-cache", "local.json")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(engine._threads())  # an actor's: the last bits of a product can depend on its threads
+    try:
+        expected = evaluate("local", "local-cache", "local.json")
+    finally:
+        torch.set_num_threads(threads)
     first = evaluate("ray", "ray-cache", "ray.json")
     second = evaluate("ray", "ray-cache", "again.json")
     for key in ("single", "ensembles", "best", "comparisons", "labels", "skipped"):
         assert first[key] == expected[key] == second[key], key
+    assert [s["name"] for s in first["skipped"]] == [str(path) for path in broken]
     assert first["encoded"] == expected["encoded"] and second["encoded"] == {"images": 0, "prompts": 0}
-    assert "the workers wrote the features into the shared feature cache" in first["note"]
-    images = [sorted((tmp_path / cache / "images").glob("*/chunk-*")) for cache in ("local-cache", "ray-cache")]
-    assert [p.name for p in images[0]] == [p.name for p in images[1]] != []  # names hold the SHA256: the same bytes
-    assert not list((tmp_path / "ray-cache").rglob(f"{engine.PROBE}*"))  # the driver's probe is gone
+    assert "gathered to the driver, which wrote the feature cache" in first["note"]
+    stored = [
+        sorted(p.name for p in (tmp_path / cache / "images").glob("*/*-*")) for cache in ("local-cache", "ray-cache")
+    ]
+    assert stored[0] == stored[1] and any(name.startswith("skipped-") for name in stored[0])  # names hold SHA256s
 
 
 def test_a_cluster_address_where_nothing_answers_is_one_line_at_once():
@@ -352,6 +382,7 @@ def test_webdataset_on_a_two_node_cluster(two_nodes, clip, tmp_path):
     samples = [(f"s{i:04d}", "png", encode(pixels(i)), i % 3) for i in range(20)]
     samples[5] = ("s0005", "png", b"not an image", 2)
     samples[11] = ("s0011", "png", None, 2)  # a sample without an image
+    samples[16:] = [(key, "png", b"not an image", label) for key, _, _, label in samples[16:]]  # all of chunk [16, 20)
     source = open_source("wds", write_wds(tmp_path / "wds", samples, [7, 6, 7], ["a", "b", "c"]))
     assert source.shard_of.tolist() == [0] * 7 + [1] * 6 + [2] * 7  # chunks [0, 8) and [8, 16) cross shards
     expected = local(clip, source, tmp_path / "local")
@@ -359,7 +390,9 @@ def test_webdataset_on_a_two_node_cluster(two_nodes, clip, tmp_path):
     got = on_ray(clip, source, cache)
     assert sum(1 for node in ray.nodes() if node["Alive"]) == 2
     assert got.features.numpy().tobytes() == expected.features.numpy().tobytes()
-    assert unaddressed(got.skipped) == unaddressed(expected.skipped) and sorted(got.skipped) == [5, 11]
+    assert unaddressed(got.skipped) == unaddressed(expected.skipped) and sorted(got.skipped) == [5, 11, 16, 17, 18, 19]
+    assert "the workers wrote the features into the shared feature cache" in got.note
+    assert not list((tmp_path / "ray").rglob(f"{PROBE}*"))  # the driver's probe is gone
     chunks = [{n for n in stored(c) if n.startswith("chunk-")} for c in (cache, entry(tmp_path / "local", source))]
     assert chunks[0] == chunks[1]
 

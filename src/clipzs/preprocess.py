@@ -44,6 +44,12 @@ class Preprocessing:
         return x.sub_(mean).div_(std).to(dtype)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """open_clip's RGB step (`_convert_to_rgb`, or `MaybeConvertMode("RGB")` on a PIL image), as clipzs's own
+    function: a `Preprocessing` then pickles without open_clip, so Ray's read workers do not import it (2 s)."""
+    return image.convert("RGB")
+
+
 def _is_rgb_step(step: object) -> bool:
     from open_clip.transform import MaybeConvertMode
 
@@ -76,7 +82,7 @@ def split_preprocess(preprocess: Callable) -> Preprocessing:
         raise ClipzsError(f"unsupported image preprocessing (expected PIL steps, ToTensor, Normalize): {preprocess}")
     normalize = steps[-1]
     return Preprocessing(
-        pil=T.Compose(steps[:at]),
+        pil=T.Compose([to_rgb if _is_rgb_step(s) else s for s in steps[:at]]),
         mean=tuple(float(m) for m in normalize.mean),
         std=tuple(float(s) for s in normalize.std),
         square=_square_size(steps[:at]),

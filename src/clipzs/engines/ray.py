@@ -28,7 +28,6 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cache import ImageEntry
-from ..download import file_digest
 from ..encode import ChunkEncoder, ImageFeatures, cached_images, chunk_ranges, keep_malloc_arenas
 from ..errors import ClipzsError
 from ..models import ModelSpec, load_model
@@ -45,8 +43,7 @@ from ..preprocess import Preprocessing, split_preprocess
 from ..sources import ImageSource, Subset, UnreadableImage
 from ..sources.base import one_line
 from . import RAY_MISSING
-
-PROBE = ".ray-probe-"  # a file the driver leaves beside the cache entries for the workers to find
+from .nodes import PROBE, NodeNeeds, check_nodes, node_problem
 
 
 def import_ray() -> Any:
@@ -168,14 +165,32 @@ def read_chunks(
         yield start, stop, np.stack(pixels) if pixels else np.zeros((0, 1, 1, 3), np.uint8), reasons
 
 
+class StrictStop(Exception):
+    """A strict run's read task stops at image `index`, which could not be read for `reason`."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(index, reason)
+        self.index, self.reason = index, reason
+
+    def __reduce__(self) -> tuple:
+        return StrictStop, (self.index, self.reason)  # Ray Data appends its own note to `args`
+
+
 def _read_stage(
-    batch: dict[str, np.ndarray], parts: list, groups: list[list[tuple[int, int]]], preprocessing: Preprocessing
+    batch: dict[str, np.ndarray],
+    parts: list,
+    groups: list[list[tuple[int, int]]],
+    preprocessing: Preprocessing,
+    strict: bool,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data CPU stage: each read group's chunks, one row per chunk."""
+    """Ray Data CPU stage: each read group's chunks, one row per chunk. A strict run stops here, at a chunk's first
+    unreadable image, without waiting for the image tower (which then encodes nothing of that chunk)."""
     import ray
 
     for group in batch["group"].tolist():
         for start, stop, pixels, reasons in read_chunks(ray.get(parts[group]), groups[group], preprocessing):
+            if strict and reasons:
+                raise StrictStop(start + min(reasons), reasons[min(reasons)])
             yield {
                 "start": np.array([start]),
                 "stop": np.array([stop]),
@@ -200,14 +215,13 @@ class _ImageTower:
         batch_size: int,
         compile: bool,
         cache: ImageEntry | None,
-        probe: Path | None,
+        needs: NodeNeeds,
         returns: bool,
-        strict: bool,
     ):
         import ray
 
         self.node, self.pid = ray.get_runtime_context().get_node_id(), os.getpid()
-        problem = node_problem(spec, probe)  # a node that joined after the driver checked them all
+        problem = node_problem(needs)  # a node that joined after the driver checked them all
         if problem:
             raise ClipzsError(problem, parameter="ray_collect")
         device = torch.device("cuda") if spec.device.type == "cuda" else torch.device("cpu")
@@ -216,22 +230,20 @@ class _ImageTower:
             keep_malloc_arenas()
         clip = load_model(spec=replace(spec, device=device), towers={"image"})
         self.encoder = ChunkEncoder(clip, batch_size, compile=compile)
-        self.cache, self.returns, self.strict = cache, returns, strict
+        self.cache, self.returns = cache, returns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start, stop, unreadable = int(batch["start"][0]), int(batch["stop"][0]), str(batch["unreadable"][0])
         reasons = {int(k): v for k, v in json.loads(unreadable).items()}
         rows = stop - start
-        features = torch.full((rows, self.encoder.clip.model.visual.output_dim), torch.nan)
-        if not (self.strict and reasons):  # a strict run stops at the driver; like the local engine, it caches nothing
-            readable = iter(np.array(batch["pixels"][0]))  # a writable copy, as torch.from_numpy wants
-            items = [
-                (None, reasons[p]) if p in reasons else (torch.from_numpy(next(readable)).permute(2, 0, 1), None)
-                for p in range(rows)
-            ]
-            features, _ = self.encoder.chunk(items, rows)
-            if self.cache is not None and not self.returns:
-                self.cache.write(start, features.numpy(), {start + k: v for k, v in reasons.items()})
+        readable = iter(np.array(batch["pixels"][0]))  # a writable copy, as torch.from_numpy wants
+        items = [
+            (None, reasons[p]) if p in reasons else (torch.from_numpy(next(readable)).permute(2, 0, 1), None)
+            for p in range(rows)
+        ]
+        features, _ = self.encoder.chunk(items, rows)
+        if self.cache is not None and not self.returns:
+            self.cache.write(start, features.numpy(), {start + k: v for k, v in reasons.items()})
         out = {
             "start": np.array([start]),
             "stop": np.array([stop]),
@@ -242,38 +254,6 @@ class _ImageTower:
         if self.returns:
             out["features"] = features.numpy()[None]
         return out
-
-
-def node_problem(spec: ModelSpec, probe: Path | None) -> str | None:
-    """Why this node cannot run the image tower, or None: the driver's probe file is not in the cache folder here
-    (so the cache is not shared), or the checkpoint's files are missing, or its weights are not the file the driver
-    described (the cache keys features by the driver's SHA256: another file would store wrong features under it)."""
-    import ray
-
-    where = f"node {ray.util.get_node_ip_address()}"
-    if probe is not None and not probe.exists():
-        return (
-            f"the feature cache {probe.parent.parent} is not the driver's on {where}: the workers write it, so it "
-            "must be a folder every node shares; or use ray_collect to have the driver write it"
-        )
-    for path in (p for p in (spec.weights, spec.config_file) if p is not None):
-        if not Path(path).is_file():
-            return f"{path} is not on {where}: every node needs the checkpoint's files at the driver's paths"
-    if spec.checkpoint.startswith("sha256:") and f"sha256:{file_digest(spec.weights, 'sha256')}" != spec.checkpoint:
-        return f"checkpoint {spec.weights} on {where} is not the driver's ({spec.checkpoint})"
-    return None
-
-
-def _check_nodes(ray: Any, spec: ModelSpec, probe: Path | None, needs: str) -> None:
-    """Run `node_problem` on every node that has `needs` (GPU or CPU), before any work: one line for the first."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    check = ray.remote(num_cpus=0)(node_problem)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(needs)]
-    pinned = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)) for n in nodes]
-    problem = next(filter(None, ray.get([task.remote(spec, probe) for task in pinned])), None)
-    if problem:
-        raise ClipzsError(problem, parameter="ray_collect")
 
 
 def _read_memory(preprocessing: Preprocessing, ranges: Sequence[tuple[int, int]]) -> int:
@@ -306,7 +286,8 @@ def _tower_resources(ray: Any, device: torch.device) -> tuple[int, dict[str, Any
 
 
 class _QuietData:
-    """Ray Data without its own progress bars and start-up lines while clipzs shows one progress bar."""
+    """Ray Data without its own progress bars, start-up lines and error logs while clipzs shows one progress bar
+    (an error of a task reaches clipzs as an exception: a user's is worded in one line, any other raised)."""
 
     SETTINGS = dict(enable_progress_bars=False, enable_operator_progress_bars=False, print_on_execution_start=False)
 
@@ -317,7 +298,7 @@ class _QuietData:
         self.saved = {name: getattr(self.context, name) for name in self.SETTINGS}, self.logger.level
         for name, value in self.SETTINGS.items():
             setattr(self.context, name, value)
-        self.logger.setLevel(logging.ERROR)
+        self.logger.setLevel(logging.CRITICAL)
 
     def __exit__(self, *exc: object) -> None:
         settings, level = self.saved
@@ -357,20 +338,20 @@ def encode_chunks(
         if probe is not None:
             probe.parent.mkdir(parents=True, exist_ok=True)
             probe.touch()
-        _check_nodes(ray, spec, probe, "GPU" if spec.device.type == "cuda" else "CPU")
+        needs = NodeNeeds(spec.weights, spec.config_file, spec.checkpoint, probe)
+        check_nodes(ray, needs, "GPU" if spec.device.type == "cuda" else "CPU")
         with _QuietData(ray):
             ds = ray.data.from_items([{"group": g} for g in range(len(groups))], override_num_blocks=len(groups))
             preprocessing = split_preprocess(preprocess)
-            read = partial(_read_stage, parts=parts, groups=groups, preprocessing=preprocessing)
+            read = partial(_read_stage, parts=parts, groups=groups, preprocessing=preprocessing, strict=strict)
             ds = ds.map_batches(read, batch_size=1, num_cpus=1, memory=_read_memory(preprocessing, ranges))
             tower = dict(
                 spec=spec,
                 batch_size=batch_size,
                 compile=compile,
                 cache=cache,
-                probe=probe,
+                needs=needs,
                 returns=returns,
-                strict=strict,
             )
             ds = ds.map_batches(
                 _ImageTower,
@@ -389,6 +370,11 @@ def encode_chunks(
                         node, pid = str(batch["node"][k]), int(batch["pid"][k])
                         yield EncodedChunk(start, int(batch["stop"][k]), skipped, features, node, pid)
             except ray.exceptions.RayError as e:
+                stop = next((c for c in _chain(e) if isinstance(c, StrictStop)), None)
+                if stop is not None:
+                    raise ClipzsError(
+                        f"cannot read image {source.item_name(stop.index)}: {stop.reason} (strict)"
+                    ) from e
                 problem = _user_error(e)
                 if problem is None:
                     raise
@@ -402,16 +388,22 @@ def encode_chunks(
             probe.unlink(missing_ok=True)
 
 
-def _user_error(e: BaseException) -> ClipzsError | None:
-    """The ClipzsError a worker raised inside Ray's wrapping (a task's error is its `cause`; an actor that died in
-    its constructor keeps only the traceback's text), as one line; None if it was not one."""
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    """`e` and the errors inside Ray's wrapping of it (a task's error is its `cause`)."""
     while e is not None:
-        if isinstance(e, ClipzsError):
-            return ClipzsError(str(e).splitlines()[0], e.parameter)
-        found = re.search(r"^clipzs\.errors\.ClipzsError: (.+)$", str(e), re.MULTILINE)
+        yield e
+        e = getattr(e, "cause", None) or e.__cause__
+
+
+def _user_error(e: BaseException) -> ClipzsError | None:
+    """The ClipzsError a worker raised inside Ray's wrapping (an actor that died in its constructor keeps only the
+    traceback's text), as one line; None if it was not one."""
+    for inner in _chain(e):
+        if isinstance(inner, ClipzsError):
+            return ClipzsError(str(inner).splitlines()[0], inner.parameter)
+        found = re.search(r"^clipzs\.errors\.ClipzsError: (.+)$", str(inner), re.MULTILINE)
         if found:
             return ClipzsError(found[1])
-        e = getattr(e, "cause", None) or e.__cause__
     return None
 
 
@@ -431,7 +423,7 @@ def encode_images(
     """`encode.encode_images` on Ray: the same features [N, D], NaN rows and reasons, and the same cache chunks.
 
     Only the chunks the cache lacks are encoded. An unreadable image gets a NaN row and its reason, unless
-    `strict`, which stops at the first one reported with a ClipzsError. The note says where the features went.
+    `strict`, which stops at the first one a read task finds with a ClipzsError. The note says where the features went.
     """
     ranges = cache.missing() if cache else chunk_ranges(len(source))
     todo = sum(stop - start for start, stop in ranges)
@@ -455,9 +447,6 @@ def encode_images(
     with tqdm(total=len(source), initial=len(source) - todo, desc="images", unit="img", disable=not progress) as bar:
         try:
             for chunk in chunks:
-                if strict and chunk.skipped:
-                    i, reason = min(chunk.skipped.items())
-                    raise ClipzsError(f"cannot read image {source.item_name(i)}: {reason} (strict)")
                 skipped.update(chunk.skipped)
                 if cache is not None and chunk.features is not None:
                     cache.write(chunk.start, chunk.features.numpy(), chunk.skipped)
