@@ -217,6 +217,11 @@ class ImageFeatures:
     skipped: dict[int, str] = field(default_factory=dict)
 
 
+def strict_stop(source: ImageSource, index: int, reason: str) -> ClipzsError:
+    """The error a strict encoding stops with at unreadable image `index`, the same from every engine."""
+    return ClipzsError(f"cannot read image {source.item_name(index)}: {reason} (strict)")
+
+
 def chunk_ranges(n: int) -> list[tuple[int, int]]:
     """[start, stop) of the cache chunks of n images."""
     return [(s, min(s + CHUNK_IMAGES, n)) for s in range(0, n, CHUNK_IMAGES)]
@@ -311,7 +316,7 @@ def encode_images(
     def chunk_items(start: int, stop: int, bar: tqdm) -> Iterator[tuple[torch.Tensor | None, str | None]]:
         for i, pixels, reason in (next(items) for _ in range(stop - start)):
             if pixels is None and strict:
-                raise ClipzsError(f"cannot read image {source.item_name(i)}: {reason} (strict)")
+                raise strict_stop(source, i, reason)
             bar.update(1)
             yield pixels, reason
 

@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cache import ImageEntry
-from ..encode import ChunkEncoder, ImageFeatures, cached_images, chunk_ranges, keep_malloc_arenas
+from ..encode import ChunkEncoder, ImageFeatures, cached_images, chunk_ranges, keep_malloc_arenas, strict_stop
 from ..errors import ClipzsError
 from ..models import ModelSpec, load_model
 from ..preprocess import Preprocessing, split_preprocess
@@ -372,9 +372,7 @@ def encode_chunks(
             except ray.exceptions.RayError as e:
                 stop = next((c for c in _chain(e) if isinstance(c, StrictStop)), None)
                 if stop is not None:
-                    raise ClipzsError(
-                        f"cannot read image {source.item_name(stop.index)}: {stop.reason} (strict)"
-                    ) from e
+                    raise strict_stop(source, stop.index, stop.reason) from e
                 problem = _user_error(e)
                 if problem is None:
                     raise
